@@ -1,0 +1,5 @@
+import sys
+
+from fastscarlet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,48 @@
+"""The ``fastscarlet`` console script.
+
+Each subcommand lives in its own module ``fastscarlet.cli.<name>`` exposing ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int``. The modules keep their heavy imports inside
+``run`` so that ``fastscarlet --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> module; the order is the order of ``fastscarlet --help``.
+COMMANDS: dict[str, str] = {
+    "info": "fastscarlet.cli.info",
+    "models": "fastscarlet.cli.models",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastscarlet",
+        description="Fast one-shot NAS in the ScarletNAS family (SCARLET, FairNAS, MoGA).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        # Bad input: a clear one-line error, no traceback.
+        print(f"fastscarlet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

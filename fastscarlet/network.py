@@ -1,0 +1,185 @@
+"""A standalone network of a search space: one fixed architecture, an ordinary ``nn.Module``.
+
+``build_network(space, genome)`` builds a freshly initialised model (the published models are built
+this way); :meth:`fastscarlet.supernet.SuperNet.subnet` builds one that keeps the supernet's weights.
+
+Identity layers can be exported three ways (``identity=``):
+
+* ``"identity"``: a plain identity, what the papers retrain. Only possible where stride is 1 and
+  c_in == c_out.
+* ``"let"``: the LET stabilizer kept as a 1x1 conv: exactly the function of the supernet path.
+* ``"fold"``: the LET folded into the next 1x1 conv where that is exact (see :func:`fold_stabilizers`),
+  kept elsewhere; the function is still exactly the supernet path's.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from fastscarlet.arch import Genome, to_readable, validate_genome
+from fastscarlet.blocks import (
+    ClassifierHead,
+    LinearStabilizer,
+    MBConv,
+    SeparableConv,
+    StemConv,
+    fold_into_1x1,
+    init_weights,
+)
+from fastscarlet.space import SearchSpace
+
+IDENTITY_MODES = ("identity", "let", "fold")
+
+
+class Network(nn.Module):
+    """stem -> first block -> ``blocks`` (one entry per layer of the space) -> head."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        genome: Sequence[int],
+        stem: nn.Module,
+        first_block: nn.Module,
+        blocks: Sequence[nn.Module],
+        head: nn.Module,
+    ) -> None:
+        super().__init__()
+        self.space = space
+        self.genome: Genome = validate_genome(space, genome)
+        if len(blocks) != space.num_layers:
+            raise ValueError(f"{space.name}: {len(blocks)} blocks for {space.num_layers} layers")
+        self.stem = stem
+        self.first_block = first_block
+        self.blocks = nn.Sequential(*blocks)
+        self.head = head
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.first_block(self.stem(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+    @property
+    def depth(self) -> int:
+        """Number of MBConv layers (identity layers do not count)."""
+        return sum(isinstance(b, MBConv) for b in self.blocks)
+
+    def extra_repr(self) -> str:
+        return f"space={self.space.name}, arch={to_readable(self.space, self.genome)}"
+
+
+def build_stem(space: SearchSpace) -> StemConv:
+    return StemConv(
+        space.in_channels, space.stem.out_channels, space.stem.activation, space.stem.kernel,
+        space.stem.stride,
+    )  # fmt: skip
+
+
+def build_first_block(space: SearchSpace) -> SeparableConv:
+    fb = space.first_block
+    return SeparableConv(space.stem.out_channels, fb.out_channels, fb.activation, fb.kernel)
+
+
+def build_head(space: SearchSpace) -> ClassifierHead:
+    h = space.head
+    return ClassifierHead(
+        space.layers[-1].out_channels, h.features, h.activation, space.num_classes, h.hidden,
+        h.dropout,
+    )  # fmt: skip
+
+
+def build_block(space: SearchSpace, layer: int, choice: int) -> MBConv | LinearStabilizer:
+    """The supernet-form block of ``choice`` at ``layer``: an MBConv, or the LET for identity."""
+    spec, c = space.layers[layer], space.choices[choice]
+    if c.identity:
+        return LinearStabilizer(spec.in_channels, spec.out_channels, spec.stride)
+    return MBConv(
+        spec.in_channels, spec.out_channels, c.expansion, c.kernel, spec.stride, spec.activation,
+        space.se if c.se else None,
+    )  # fmt: skip
+
+
+def plain_identity(space: SearchSpace, layer: int) -> nn.Identity:
+    spec = space.layers[layer]
+    if spec.stride != 1 or spec.in_channels != spec.out_channels:
+        raise ValueError(
+            f"{space.name}: layer {layer + 1} is an identity choice at a layer with stride "
+            f"{spec.stride} and channels {spec.in_channels}->{spec.out_channels}; a plain identity "
+            "cannot change the shape there: export with identity='let' or 'fold'"
+        )
+    return nn.Identity()
+
+
+def build_network(space: SearchSpace, genome: Sequence[int], identity: str = "identity") -> Network:
+    """A freshly initialised standalone network (Xiaomi init) of ``genome``."""
+    if identity not in IDENTITY_MODES:
+        raise ValueError(f"identity must be one of {IDENTITY_MODES}, got {identity!r}")
+    g = validate_genome(space, genome)
+    blocks: list[nn.Module] = []
+    for i, c in enumerate(g):
+        if space.choices[c].identity and identity == "identity":
+            blocks.append(plain_identity(space, i))
+        else:
+            blocks.append(build_block(space, i, c))
+    net = Network(space, g, build_stem(space), build_first_block(space), blocks, build_head(space))
+    init_weights(net)
+    return fold_stabilizers(net) if identity == "fold" else net
+
+
+def _folded_conv(conv: nn.Conv2d, let_w: torch.Tensor, let_s: int) -> nn.Conv2d:
+    w, s = fold_into_1x1(conv.weight.detach(), conv.stride[0], let_w, let_s)
+    new = nn.Conv2d(w.shape[1], w.shape[0], 1, s, 0, bias=False)
+    new = new.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(w)
+    return new
+
+
+def fold_stabilizers(net: Network) -> Network:
+    """Fold LET stabilizers into the next 1x1 conv where that is exact; return a new network.
+
+    A run of consecutive LETs composes into one linear map ``W = W_k ... W_1`` (stride the product).
+    It is folded into the next MBConv's expand conv when that block has **no residual add**, or into
+    the head's 1x1 conv. If the next MBConv has a residual add (stride 1, c_in == c_out), folding is
+    not exact: the skip path would carry ``x`` instead of ``W x``. There the composed LET is kept as
+    one 1x1 conv. Folded positions become ``nn.Identity``.
+    """
+    net = copy.deepcopy(net)
+    blocks = list(net.blocks)
+    run: list[int] = []  # indices of the pending LETs
+    w_acc: torch.Tensor | None = None
+    s_acc = 1
+
+    def flush_keep() -> None:
+        # Keep the composed run as one LET at its first position.
+        assert w_acc is not None
+        let = LinearStabilizer(w_acc.shape[1], w_acc.shape[0], s_acc)
+        let = let.to(device=w_acc.device, dtype=w_acc.dtype)
+        with torch.no_grad():
+            let.conv.weight.copy_(w_acc)
+        blocks[run[0]] = let
+
+    for i, blk in enumerate(blocks):
+        if isinstance(blk, LinearStabilizer):
+            w = blk.weight.detach()
+            if w_acc is None:
+                w_acc, s_acc = w.clone(), blk.stride
+            else:
+                w_acc, s_acc = fold_into_1x1(w, blk.stride, w_acc, s_acc)
+            run.append(i)
+            blocks[i] = nn.Identity()
+        elif isinstance(blk, MBConv) and w_acc is not None:
+            if blk.residual:
+                flush_keep()
+            else:
+                blk.expand = _folded_conv(blk.expand, w_acc, s_acc)
+                blk.in_channels = blk.expand.in_channels
+            run, w_acc, s_acc = [], None, 1
+    if w_acc is not None:  # LETs up to the last layer: fold into the head's 1x1 conv
+        net.head.conv = _folded_conv(net.head.conv, w_acc, s_acc)
+    net.blocks = nn.Sequential(*blocks)
+    return net

@@ -1,0 +1,191 @@
+"""The weight-sharing supernet: every path is exactly a network of the space.
+
+``SuperNet(space)(x, genome)`` runs the single path ``genome``; :meth:`SuperNet.subnet` extracts it as
+a standalone :class:`~fastscarlet.network.Network` that keeps (copies of) the supernet's weights and
+computes the same function. Identity choices carry the SCARLET LET stabilizer
+(:class:`~fastscarlet.blocks.LinearStabilizer`).
+
+**SE weight sharing** (``share_se=``). Whether an SE choice shares its convolutions with the matching
+non-SE choice is not known from the papers (papers.md section 1.2). The default is separate
+weights: with sharing, the project conv and its BN see SE-gated features on SE paths and ungated
+ones on the others, so the shared BN running statistics are a mixture that is right for neither,
+and the released models treat the 13 choices as distinct operations (each trained once per
+strict-fairness step). ``share_se=True`` gives each (expansion, kernel) pair one set of convs and
+BNs, and each SE choice only its own SE module.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastscarlet.arch import Genome, random_genome, validate_genome
+from fastscarlet.blocks import LinearStabilizer, MBConv, init_weights, make_se
+from fastscarlet.network import (
+    IDENTITY_MODES,
+    Network,
+    build_block,
+    build_first_block,
+    build_head,
+    build_stem,
+    fold_stabilizers,
+    plain_identity,
+)
+from fastscarlet.space import Choice, SearchSpace, get_space
+
+
+class ChoiceLayer(nn.Module):
+    """All candidate blocks of one searchable layer, keyed by choice name (``E6K5SE``, ``ID``)."""
+
+    def __init__(self, space: SearchSpace, index: int, share_se: bool = False) -> None:
+        super().__init__()
+        self.space, self.index, self.share_se = space, index, share_se
+        self.spec = space.layers[index]
+        self.candidates = nn.ModuleDict()
+        self.se_modules = nn.ModuleDict()  # only used with share_se
+        for c in self.spec.allowed:
+            choice = space.choices[c]
+            if share_se and choice.se:
+                base = _base_name(choice)
+                if base not in self.candidates:
+                    self.candidates[base] = MBConv(
+                        self.spec.in_channels, self.spec.out_channels, choice.expansion,
+                        choice.kernel, self.spec.stride, self.spec.activation,
+                    )  # fmt: skip
+                hidden = self.candidates[base].hidden
+                self.se_modules[choice.name] = make_se(
+                    space.se, self.spec.in_channels, hidden, self.spec.activation
+                )
+            elif choice.name not in self.candidates:
+                self.candidates[choice.name] = build_block(space, index, c)
+
+    def forward(self, x: torch.Tensor, choice: int) -> torch.Tensor:
+        c = self.space.choices[choice]
+        if self.share_se and c.se:
+            return self.candidates[_base_name(c)].forward_with_se(x, self.se_modules[c.name])
+        return self.candidates[c.name](x)
+
+    def export(self, choice: int, identity: str) -> nn.Module:
+        """A standalone copy of the block of ``choice``."""
+        c = self.space.choices[choice]
+        if c.identity and identity == "identity":
+            return plain_identity(self.space, self.index)
+        if self.share_se and c.se:
+            block = copy.deepcopy(self.candidates[_base_name(c)])
+            block.se = copy.deepcopy(self.se_modules[c.name])
+            return block
+        return copy.deepcopy(self.candidates[c.name])
+
+    def parameters_of(self, choice: int) -> list[nn.Parameter]:
+        """The parameters a path through ``choice`` uses in this layer."""
+        c = self.space.choices[choice]
+        if self.share_se and c.se:
+            return [
+                *self.candidates[_base_name(c)].parameters(),
+                *self.se_modules[c.name].parameters(),
+            ]
+        return list(self.candidates[c.name].parameters())
+
+
+def _base_name(choice: Choice) -> str:
+    return Choice(choice.expansion, choice.kernel, False).name
+
+
+class SuperNet(nn.Module):
+    """One-shot supernet over ``space``.
+
+    Args:
+        space: a :class:`SearchSpace` or the name of a registered one.
+        share_se: SE choices share convs/BNs with the matching non-SE choice (see module doc).
+        let_init: ``"conv"`` (the Xiaomi conv init, as UniNAS) or ``"identity"`` (W = I) for the
+            LET stabilizers; the paper's choice is not known.
+    """
+
+    def __init__(
+        self, space: SearchSpace | str, share_se: bool = False, let_init: str = "conv"
+    ) -> None:
+        super().__init__()
+        self.space = get_space(space)
+        if let_init not in ("conv", "identity"):
+            raise ValueError(f"let_init must be 'conv' or 'identity', got {let_init!r}")
+        self.share_se = share_se
+        self.stem = build_stem(self.space)
+        self.first_block = build_first_block(self.space)
+        self.layers = nn.ModuleList(
+            ChoiceLayer(self.space, i, share_se) for i in range(self.space.num_layers)
+        )
+        self.head = build_head(self.space)
+        self._active: Genome | None = None
+        init_weights(self)
+        if let_init == "identity":
+            for m in self.modules():
+                if isinstance(m, LinearStabilizer):
+                    m.reset_to_identity()
+
+    # -- paths ----------------------------------------------------------------------------------
+
+    def set_active(self, genome: Sequence[int]) -> Genome:
+        """Make ``genome`` the path used by ``forward(x)`` without a genome."""
+        self._active = validate_genome(self.space, genome)
+        return self._active
+
+    @property
+    def active(self) -> Genome | None:
+        return self._active
+
+    def sample(self, rng: np.random.Generator) -> Genome:
+        """A uniformly random path (also made active)."""
+        return self.set_active(random_genome(self.space, rng))
+
+    def forward_features(self, x: torch.Tensor, genome: Sequence[int] | None = None) -> torch.Tensor:
+        g = self._resolve(genome)
+        x = self.first_block(self.stem(x))
+        for layer, c in zip(self.layers, g):
+            x = layer(x, c)
+        return x
+
+    def forward(self, x: torch.Tensor, genome: Sequence[int] | None = None) -> torch.Tensor:
+        return self.head(self.forward_features(x, genome))
+
+    def _resolve(self, genome: Sequence[int] | None) -> Genome:
+        if genome is None:
+            if self._active is None:
+                raise ValueError("no genome given and no active path; call set_active(genome)")
+            return self._active
+        return validate_genome(self.space, genome)
+
+    def path_parameters(self, genome: Sequence[int]) -> list[nn.Parameter]:
+        """Parameters used by the path ``genome`` (shared stem/first block/head included)."""
+        g = validate_genome(self.space, genome)
+        params = [*self.stem.parameters(), *self.first_block.parameters()]
+        for layer, c in zip(self.layers, g):
+            params += layer.parameters_of(c)
+        return params + list(self.head.parameters())
+
+    # -- export ---------------------------------------------------------------------------------
+
+    def subnet(self, genome: Sequence[int], identity: str = "let") -> Network:
+        """Standalone network of ``genome`` with copies of this supernet's weights.
+
+        ``identity``: ``"let"`` (default; exactly the supernet path), ``"fold"`` (LET folded into
+        the next 1x1 conv where exact, still exactly the supernet path) or ``"identity"`` (plain
+        identity, what the papers retrain; a different function unless the LET is the identity).
+        """
+        if identity not in IDENTITY_MODES:
+            raise ValueError(f"identity must be one of {IDENTITY_MODES}, got {identity!r}")
+        g = validate_genome(self.space, genome)
+        mode = "let" if identity == "fold" else identity
+        net = Network(
+            self.space,
+            g,
+            copy.deepcopy(self.stem),
+            copy.deepcopy(self.first_block),
+            [layer.export(c, mode) for layer, c in zip(self.layers, g)],
+            copy.deepcopy(self.head),
+        )
+        net.train(self.training)
+        return fold_stabilizers(net) if identity == "fold" else net
