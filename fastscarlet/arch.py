@@ -130,7 +130,9 @@ def to_arch_def(space: SearchSpace, genome: Sequence[int]) -> list[list[str]]:
     """timm-style arch-def: the fixed first block, then one list per stage."""
     g = validate_genome(space, genome)
     fb = space.first_block
-    stages: list[list[str]] = [[f"ds_r1_k{fb.kernel}_s1_c{fb.out_channels}_n{_ACT_TAG[fb.activation]}"]]
+    stages: list[list[str]] = [
+        [f"ds_r1_k{fb.kernel}_s1_c{fb.out_channels}_n{_ACT_TAG[fb.activation]}"]
+    ]
     for s in range(space.num_stages):
         blocks = []
         for i in space.stage_layers(s):

@@ -139,7 +139,9 @@ class LinearStabilizer(nn.Module):
 
 
 class StemConv(nn.Sequential):
-    def __init__(self, in_channels: int, out_channels: int, act: str, kernel: int = 3, stride: int = 2):
+    def __init__(
+        self, in_channels: int, out_channels: int, act: str, kernel: int = 3, stride: int = 2
+    ):
         super().__init__(
             nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, bias=False),
             nn.BatchNorm2d(out_channels),
@@ -152,7 +154,9 @@ class SeparableConv(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, act: str, kernel: int = 3):
         super().__init__(
-            nn.Conv2d(in_channels, in_channels, kernel, 1, kernel // 2, groups=in_channels, bias=False),
+            nn.Conv2d(
+                in_channels, in_channels, kernel, 1, kernel // 2, groups=in_channels, bias=False
+            ),
             nn.BatchNorm2d(in_channels),
             make_activation(act),
             nn.Conv2d(in_channels, out_channels, 1, bias=False),

@@ -224,7 +224,9 @@ class SearchSpace:
                 raise ValueError(f"{where}: no allowed choice")
             for c in layer.allowed:
                 if not 0 <= c < len(self.choices):
-                    raise ValueError(f"{where}: allowed choice {c} outside 0..{len(self.choices) - 1}")
+                    raise ValueError(
+                        f"{where}: allowed choice {c} outside 0..{len(self.choices) - 1}"
+                    )
             prev = layer.out_channels
         if self.num_classes < 1:
             raise ValueError(f"space {self.name!r}: num_classes must be >= 1")
@@ -326,19 +328,29 @@ def make_space(
                 "all": True,
             }[identity]
             allowed = tuple(i for i, c in enumerate(choices) if not c.identity or id_ok)
-            layers.append(
-                Layer(len(layers), s, c_in, stage.out_channels, stride, acts[d], allowed)
-            )
+            layers.append(Layer(len(layers), s, c_in, stage.out_channels, stride, acts[d], allowed))
             c_in = stage.out_channels
     for idx, choice in (fixed or {}).items():
         if not 0 <= idx < len(layers):
-            raise ValueError(f"space {name!r}: fixed layer index {idx} outside 0..{len(layers) - 1}")
-        c = names.index(Choice.parse(choice).name) if isinstance(choice, str) else int(choice)
+            raise ValueError(
+                f"space {name!r}: fixed layer index {idx} outside 0..{len(layers) - 1}"
+            )
+        if isinstance(choice, str):
+            cname = Choice.parse(choice).name
+            c = names.index(cname) if cname in names else -1
+        else:
+            c = int(choice)
         if not 0 <= c < len(choices):
             raise ValueError(f"space {name!r}: fixed choice {choice!r} not in {names}")
         old = layers[idx]
         layers[idx] = Layer(
-            old.index, old.stage, old.in_channels, old.out_channels, old.stride, old.activation, (c,)
+            old.index,
+            old.stage,
+            old.in_channels,
+            old.out_channels,
+            old.stride,
+            old.activation,
+            (c,),
         )
     return SearchSpace(
         name=name,

@@ -141,7 +141,9 @@ class SuperNet(nn.Module):
         """A uniformly random path (also made active)."""
         return self.set_active(random_genome(self.space, rng))
 
-    def forward_features(self, x: torch.Tensor, genome: Sequence[int] | None = None) -> torch.Tensor:
+    def forward_features(
+        self, x: torch.Tensor, genome: Sequence[int] | None = None
+    ) -> torch.Tensor:
         g = self._resolve(genome)
         x = self.first_block(self.stem(x))
         for layer, c in zip(self.layers, g):

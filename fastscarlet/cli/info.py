@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "print versions and which optional backends (CUDA, Triton, C++, DALI) are usable, and why not"
+HELP = (
+    "print versions and which optional backends (CUDA, Triton, C++, DALI) are usable, and why not"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

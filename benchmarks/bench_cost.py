@@ -1,0 +1,62 @@
+"""Throughput of the analytic cost model (issue 2: at least 10,000 genomes/s on the CI CPU).
+
+    python benchmarks/bench_cost.py [--n 20000]
+
+Times three ways to cost random SCARLET genomes at 224: ``CostModel.__call__`` (validated, one
+genome at a time), ``CostModel.batch`` (vectorised), and, as the baseline, building the model and
+counting with hooks (what the cost model replaces).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+import torch
+
+from fastscarlet.arch import random_genome
+from fastscarlet.cost import CostModel, count_by_hooks
+from fastscarlet.network import build_network
+from fastscarlet.space import get_space
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--space", default="scarlet")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    space = get_space(args.space)
+    rng = np.random.default_rng(0)
+    genomes = np.array([random_genome(space, rng) for _ in range(args.n)])
+    model = CostModel(space, 224)
+
+    t0 = time.perf_counter()
+    for g in genomes:
+        model(g)
+    scalar = args.n / (time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    model.batch(genomes)
+    batch = args.n / (time.perf_counter() - t0)
+
+    k = 5
+    t0 = time.perf_counter()
+    for g in genomes[:k]:
+        count_by_hooks(build_network(space, g), 224)
+    hooks = k / (time.perf_counter() - t0)
+
+    print(f"space={args.space} n={args.n} cpu={platform.processor() or platform.machine()}")
+    print(f"{'method':<28} {'genomes/s':>12} {'vs hooks':>10}")
+    for name, rate in [
+        ("CostModel(genome)", scalar),
+        ("CostModel.batch(genomes)", batch),
+        ("build + hook count", hooks),
+    ]:
+        print(f"{name:<28} {rate:>12,.0f} {rate / hooks:>9,.0f}x")
+
+
+if __name__ == "__main__":
+    main()
