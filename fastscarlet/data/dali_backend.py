@@ -1,0 +1,253 @@
+"""The DALI backend: NVIDIA DALI pipelines over the shared file list.
+
+Decoding runs on the GPU (``mixed``: nvJPEG / the hardware JPEG decoder) when the target device is
+CUDA, and on the CPU (libjpeg-turbo, ``device_id=None``: no GPU needed) otherwise. The train
+transform decodes only the random crop's region (``decoders.image_random_crop``: crop-on-decode)
+and resizes it; the eval transform resizes the shorter side and center crops in one fused
+``resize_crop_mirror`` that computes only the kept region. ``crop_mirror_normalize`` then flips,
+normalises and lays out the batch: CHW, or HWC that torch sees as a channels_last NCHW tensor
+without a copy.
+
+Order and sharding: every epoch a pipeline is built whose file reader gets exactly this rank's
+files in :func:`fastscarlet.data.sharding.epoch_order` (so the torch and DALI backends read the same
+files in the same order), with ``random_shuffle=False``: DALI's own shuffle is a buffer of
+``initial_fill`` samples, far from a permutation on a class-sorted ImageNet list. The reader's
+labels are *positions* in that list; the class labels and sample indices are looked up from them,
+so every delivered sample is accounted for.
+
+Corrupt files: the scan (``verify="header"``) leaves out what it can see. If a DALI decoder still
+fails, the pipeline is dead (DALI's rule); the loader decodes the batch's candidate files with PIL
+to find the culprit, records it in ``skipped``, replaces it by a placeholder that is dropped from
+the batch, and rebuilds the pipeline at the same batch boundary. If no culprit is found, it raises
+an error with DALI's message and the candidate files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from fastscarlet.data.folder import FileList, check_image
+from fastscarlet.data.loader import ImageLoader
+from fastscarlet.data.transforms import Recipe
+from fastscarlet.env import require
+
+# DALI's ImageNet examples: scratch memory for nvJPEG sized for the largest ImageNet images, so
+# that the decoder does not reallocate during the first epoch.
+_DEVICE_MEMORY_PADDING = 211_025_920
+_HOST_MEMORY_PADDING = 140_544_512
+_PREFETCH = 2  # batches the pipeline runs ahead
+
+
+class DaliImageLoader(ImageLoader):
+    """Batches from DALI pipelines (needs ``nvidia-dali-cuda130``; CPU pipelines need no GPU)."""
+
+    backend = "dali"
+
+    def __init__(
+        self,
+        files: FileList,
+        recipe: Recipe,
+        *,
+        num_threads: int,
+        decode_device: str | None = None,
+        **kwargs,
+    ):
+        require("dali")
+        super().__init__(files, recipe, **kwargs)
+        if self.device.type == "cuda":
+            self.device_id: int | None = (
+                self.device.index if self.device.index is not None else torch.cuda.current_device()
+            )
+            decode_device = decode_device or "mixed"
+        elif self.device.type == "cpu":
+            self.device_id = None
+            decode_device = decode_device or "cpu"
+            if decode_device != "cpu":
+                raise ValueError(
+                    f"decode_device={decode_device!r} needs a CUDA device; got device={self.device}"
+                )
+        else:
+            raise ValueError(f"the DALI backend delivers to cpu or cuda, got device={self.device}")
+        if decode_device not in ("cpu", "mixed"):
+            raise ValueError(f"decode_device must be 'cpu' or 'mixed', got {decode_device!r}")
+        self.decode_device = decode_device
+        self.num_threads = num_threads
+        self._labels = torch.as_tensor(files.labels, dtype=torch.int64)
+
+    # -- the pipeline --------------------------------------------------------------------------
+    def _pipeline(self, paths: list[str], positions: list[int], seed: int):
+        import nvidia.dali.fn as fn
+        import nvidia.dali.types as types
+        from nvidia.dali import Pipeline
+
+        r = self.recipe
+        size = r.image_size
+        pipe = Pipeline(
+            batch_size=self.batch_size,
+            num_threads=self.num_threads,
+            device_id=self.device_id,
+            seed=seed,
+            prefetch_queue_depth=_PREFETCH,
+        )
+        mixed = self.decode_device == "mixed"
+        decode_args = dict(device=self.decode_device, output_type=types.RGB)
+        if mixed:
+            decode_args.update(
+                device_memory_padding=_DEVICE_MEMORY_PADDING,
+                host_memory_padding=_HOST_MEMORY_PADDING,
+            )
+        linear = dict(interp_type=types.INTERP_LINEAR, antialias=True)  # PIL's BILINEAR
+        with pipe:
+            encoded, position = fn.readers.file(
+                files=paths, labels=positions, random_shuffle=False, name="Reader"
+            )
+            crop_args: dict = {}
+            mirror = 0
+            if r.name == "imagenet" and r.train:
+                images = fn.decoders.image_random_crop(
+                    encoded,
+                    random_area=list(r.crop_scale),
+                    random_aspect_ratio=list(r.crop_ratio),
+                    num_attempts=10,
+                    **decode_args,
+                )
+                images = self._to_target(images)
+                images = fn.resize(images, resize_x=size, resize_y=size, **linear)
+                mirror = fn.random.coin_flip(probability=0.5)
+            else:
+                images = self._to_target(fn.decoders.image(encoded, **decode_args))
+                images = fn.resize_crop_mirror(
+                    images, resize_shorter=r.resize_size, crop=(size, size), **linear
+                )
+                if r.train:  # cifar: zero-pad, then one of (2p+1)^2 crops, flip
+                    p = r.padding
+                    images = fn.crop(
+                        images,
+                        crop=(size + 2 * p, size + 2 * p),
+                        out_of_bounds_policy="pad",
+                        fill_values=0,
+                    )
+                    # crop_pos in {0, 1/2p, ..., 1}: a uniform integer offset in [0, 2p].
+                    steps = [k / (2 * p) for k in range(2 * p + 1)] if p else [0.5]
+                    crop_args = dict(
+                        crop=(size, size),
+                        crop_pos_x=fn.random.uniform(values=steps),
+                        crop_pos_y=fn.random.uniform(values=steps),
+                    )
+                    mirror = fn.random.coin_flip(probability=0.5)
+            fp16 = self.dtype == torch.float16
+            images = fn.crop_mirror_normalize(
+                images,
+                dtype=types.FLOAT16 if fp16 else types.FLOAT,
+                output_layout="HWC" if self.channels_last else "CHW",
+                mean=[255 * m for m in r.mean],
+                std=[255 * s for s in r.std],
+                mirror=mirror,
+                **crop_args,
+            )
+            pipe.set_outputs(images, position)
+        pipe.build()
+        return pipe
+
+    def _to_target(self, images):
+        """CPU-decoded images go to the GPU right after decoding when the target is CUDA."""
+        if self.device_id is not None and self.decode_device == "cpu":
+            return images.gpu()
+        return images
+
+    def _to_torch(self, dali_images) -> torch.Tensor:
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        shapes = dali_images.shape()
+        shape = (len(shapes), *shapes[0])
+        dtype = torch.float16 if self.dtype == torch.float16 else torch.float32
+        out = torch.empty(shape, dtype=dtype, device=self.device)
+        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        feed_ndarray(dali_images.as_tensor(), out, cuda_stream=stream)
+        if self.channels_last:
+            out = out.permute(0, 3, 1, 2)  # NHWC storage = NCHW in channels_last format
+        if out.dtype != self.dtype:
+            memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+            out = out.to(dtype=self.dtype, memory_format=memory_format)
+        return out
+
+    # -- the epoch -----------------------------------------------------------------------------
+    def _iter_epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        order = np.concatenate(self.epoch_batches())  # this rank's samples, batch after batch
+        total = len(order)
+        paths = self.files.paths
+        bad: set[int] = set()  # positions replaced by a placeholder and dropped from their batch
+        placeholder: str | None = None
+        pos = 0  # next position to deliver; always a batch boundary
+        non_blocking = self.device.type == "cuda"
+        while pos < total:
+            seed_seq = np.random.SeedSequence([self.seed, self.epoch, self.rank, pos])
+            seed = int(seed_seq.generate_state(1)[0] >> 1)  # DALI takes a non-negative int32
+            feed = [placeholder if p in bad else paths[order[p]] for p in range(pos, total)]
+            pipe = self._pipeline(feed, list(range(pos, total)), seed)
+            try:
+                while pos < total:
+                    images, positions = pipe.run()
+                    n = min(self.batch_size, total - pos)
+                    got = np.asarray(positions.as_array()).reshape(-1)[:n]
+                    if not np.array_equal(got, np.arange(pos, pos + n)):
+                        raise RuntimeError(f"DALI delivered positions {got[:8]}..., expected {pos}")
+                    batch = self._to_torch(images)[:n]
+                    keep = [i for i, p in enumerate(range(pos, pos + n)) if p not in bad]
+                    indices = torch.from_numpy(order[pos : pos + n][keep])
+                    if len(keep) < n:
+                        batch = batch[torch.as_tensor(keep, device=batch.device)]
+                    pos += n
+                    if not keep:
+                        continue
+                    yield (
+                        batch,
+                        self._labels[indices].to(self.device, non_blocking=non_blocking),
+                        indices.to(self.device, non_blocking=non_blocking),
+                    )
+            except RuntimeError as exc:
+                if "DALI delivered positions" in str(exc):
+                    raise
+                del pipe
+                found = self._find_culprits(order, pos, total, bad, str(exc))
+                if not found:
+                    window = range(pos, min(total, pos + (_PREFETCH + 1) * self.batch_size))
+                    names = ", ".join(paths[order[p]] for p in window if p not in bad)
+                    raise RuntimeError(
+                        f"DALI failed on a batch of epoch {self.epoch} and no file among the "
+                        f"candidates fails to decode with PIL. DALI said: {exc}\n"
+                        f"candidates: {names}"
+                    ) from exc
+                bad.update(found)
+                if placeholder is None:
+                    placeholder = self._good_file(order, pos, total, bad)
+
+    def _find_culprits(
+        self, order: np.ndarray, pos: int, total: int, bad: set[int], message: str
+    ) -> set[int]:
+        """Positions (from ``pos``) of files that a decoder cannot read, among those DALI was on."""
+        paths = self.files.paths
+        # The pipeline can be up to _PREFETCH batches ahead of what was delivered.
+        window = range(pos, min(total, pos + (_PREFETCH + 1) * self.batch_size))
+        found = set()
+        for p in window:
+            if p in bad:
+                continue
+            path = paths[order[p]]
+            reason = check_image(path, "decode")
+            if reason is None and path in message:
+                reason = "DALI cannot decode it"  # DALI names it; PIL reads it
+            if reason is not None:
+                found.add(p)
+                self._record_failure(int(order[p]), reason)
+        return found
+
+    def _good_file(self, order: np.ndarray, pos: int, total: int, bad: set[int]) -> str:
+        """A file that decodes, to stand in for the bad ones (its samples are dropped)."""
+        for p in [*range(pos, total), *range(pos)]:
+            if p not in bad and check_image(self.files.paths[order[p]], "decode") is None:
+                return self.files.paths[order[p]]
+        raise RuntimeError(f"no decodable file left in {self.files.root}")
