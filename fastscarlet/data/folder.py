@@ -233,31 +233,49 @@ def scan_image_folder(
             f"{', '.join(IMG_EXTENSIONS)}"
         )
 
-    skipped: list[SkippedFile] = []
-    if verify != "none":
-        with ThreadPoolExecutor(max(1, num_threads)) as pool:
-            reasons = list(pool.map(check_image, paths, [verify] * len(paths), chunksize=256))
-        keep = [i for i, r in enumerate(reasons) if r is None]
-        skipped = [SkippedFile(paths[i], r) for i, r in enumerate(reasons) if r is not None]
-        if skipped:
-            paths = [paths[i] for i in keep]
-            labels = [labels[i] for i in keep]
-        if not paths:
-            raise FileNotFoundError(
-                f"no readable images in {directory!r}: all {len(skipped)} files failed the check, "
-                f"e.g. {skipped[0].path}: {skipped[0].reason}"
-            )
-    if warn and skipped:
-        shown = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:5])
-        more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
-        warnings.warn(
-            f"skipping {len(skipped)} unreadable file(s) in {directory}: {shown}{more}",
-            stacklevel=2,
-        )
     if warn and empty:
         warnings.warn(
             f"{len(empty)} class folder(s) in {directory} hold no image (their labels are kept, as "
             f"torchvision's ImageFolder(allow_empty=True) keeps them): {', '.join(empty[:10])}",
             stacklevel=2,
         )
-    return FileList(directory, classes, paths, labels, skipped, empty)
+    files = FileList(directory, classes, paths, labels, [], empty)
+    return verify_file_list(files, verify, num_threads=num_threads, warn=warn)
+
+
+def verify_file_list(
+    files: FileList, verify: Verify = "header", *, num_threads: int = 8, warn: bool = True
+) -> FileList:
+    """``files`` without the files that fail :func:`check_image`; those go to ``skipped``.
+
+    Raises ``FileNotFoundError`` when no file passes.
+    """
+    if verify not in ("none", "header", "decode"):
+        raise ValueError(f"verify must be 'none', 'header' or 'decode', got {verify!r}")
+    if verify == "none":
+        return files
+    paths = files.paths
+    with ThreadPoolExecutor(max(1, num_threads)) as pool:
+        reasons = list(pool.map(check_image, paths, [verify] * len(paths), chunksize=256))
+    skipped = [SkippedFile(paths[i], r) for i, r in enumerate(reasons) if r is not None]
+    if len(skipped) == len(paths):
+        raise FileNotFoundError(
+            f"no readable images in {files.root!r}: all {len(skipped)} files failed the check, "
+            f"e.g. {skipped[0].path}: {skipped[0].reason}"
+        )
+    if warn and skipped:
+        shown = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:5])
+        more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
+        warnings.warn(
+            f"skipping {len(skipped)} unreadable file(s) in {files.root}: {shown}{more}",
+            stacklevel=3,
+        )
+    keep = [i for i, r in enumerate(reasons) if r is None]
+    return FileList(
+        files.root,
+        files.classes,
+        [paths[i] for i in keep],
+        [files.labels[i] for i in keep],
+        [*files.skipped, *skipped],
+        files.empty_classes,
+    )

@@ -24,7 +24,14 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from fastscarlet.data.folder import FileList, SkippedFile, Verify, resolve_split, scan_image_folder
+from fastscarlet.data.folder import (
+    FileList,
+    SkippedFile,
+    Verify,
+    resolve_split,
+    scan_image_folder,
+    verify_file_list,
+)
 from fastscarlet.data.sharding import batches_per_epoch, epoch_order
 from fastscarlet.data.transforms import Recipe, make_recipe
 
@@ -286,13 +293,14 @@ def build_loader(
         from fastscarlet.env import require
 
         require("dali")  # before the scan: a missing package should not cost a folder walk
-    files = scan_image_folder(resolve_split(root, split), verify=verify)
+    files = scan_image_folder(resolve_split(root, split), verify="none")
     if subset is not None:
         if subset < 1:
             raise ValueError(f"subset must be positive, got {subset}")
         if subset < len(files):
             picked = np.sort(np.random.default_rng([seed, 7919]).permutation(len(files))[:subset])
             files = files.subset(picked.tolist())
+    files = verify_file_list(files, verify)  # after the subset: check only what will be read
     shape = dict(num_samples=len(files), num_classes=len(files.classes))
     if backend == "torch":
         from fastscarlet.data.torch_backend import TorchImageLoader
