@@ -15,6 +15,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "info": "fastscarlet.cli.info",
     "models": "fastscarlet.cli.models",
+    "prepare": "fastscarlet.cli.prepare",
 }
 
 
