@@ -16,6 +16,8 @@ COMMANDS: dict[str, str] = {
     "info": "fastscarlet.cli.info",
     "models": "fastscarlet.cli.models",
     "prepare": "fastscarlet.cli.prepare",
+    "train": "fastscarlet.cli.train",
+    "eval": "fastscarlet.cli.eval",
 }
 
 
