@@ -194,6 +194,7 @@ class _CifarUnpickler(pickle.Unpickler):
             ("numpy._core.multiarray", "_reconstruct"),
             ("numpy", "ndarray"),
             ("numpy", "dtype"),
+            ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
         }
     )
 
@@ -412,7 +413,10 @@ def sort_imagenet_val(
     for name in sorted(labels):
         wnid = labels[name]
         target = out / wnid / name
-        if name in flat:
+        if target.exists() or target.is_symlink():
+            report.already += 1
+            report.per_class[wnid] += 1
+        elif name in flat:
             if not dry_run:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 source = val_dir / name
@@ -423,9 +427,6 @@ def sort_imagenet_val(
                 else:
                     target.symlink_to(source.resolve())
             report.placed += 1
-            report.per_class[wnid] += 1
-        elif target.exists():
-            report.already += 1
             report.per_class[wnid] += 1
         else:
             report.missing.append(name)
