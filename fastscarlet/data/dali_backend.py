@@ -76,6 +76,7 @@ class DaliImageLoader(ImageLoader):
         self.decode_device = decode_device
         self.num_threads = num_threads
         self._labels = torch.as_tensor(files.labels, dtype=torch.int64)
+        self._copy_stream = None  # CUDA stream for DALI -> torch copies, made on first use
 
     # -- the pipeline --------------------------------------------------------------------------
     def _pipeline(self, paths: list[str], positions: list[int], seed: int):
@@ -165,8 +166,16 @@ class DaliImageLoader(ImageLoader):
         shape = (len(shapes), *shapes[0])
         dtype = torch.float16 if self.dtype == torch.float16 else torch.float32
         out = torch.empty(shape, dtype=dtype, device=self.device)
-        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
-        feed_ndarray(dali_images.as_tensor(), out, cuda_stream=stream)
+        if self.device.type == "cuda":
+            # Copy on a side stream and wait for it (tens of microseconds for a batch): the DALI
+            # buffer is then free for the next run and the tensor ready on any stream, without
+            # making the caller's stream (busy with the previous training step) wait.
+            if self._copy_stream is None:
+                self._copy_stream = torch.cuda.Stream(self.device)
+            feed_ndarray(dali_images.as_tensor(), out, cuda_stream=self._copy_stream)
+            self._copy_stream.synchronize()
+        else:
+            feed_ndarray(dali_images.as_tensor(), out)
         if self.channels_last:
             out = out.permute(0, 3, 1, 2)  # NHWC storage = NCHW in channels_last format
         if out.dtype != self.dtype:
