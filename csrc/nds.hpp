@@ -29,9 +29,11 @@ struct MatrixView {
 // Front index of every row of F (0 = not dominated by any row). a dominates b iff a <= b in every
 // objective and a < b in at least one; equal rows share a front.
 //   m == 2: lexicographic sort + Jensen's sweep, O(n log n).
+//   m == 3: one pass with a staircase per front (typical inputs), else
 //   m >= 3: Jensen-Fortin-Buzdalov divide and conquer, O(n log^(m-1) n).
+// front_staircases = false skips the m == 3 pass, so tests can reach the divide and conquer.
 template <typename T>
-void non_dominated_rank(const MatrixView<T>& F, std::int64_t* rank);
+void non_dominated_rank(const MatrixView<T>& F, std::int64_t* rank, bool front_staircases = true);
 
 // NSGA-II crowding distance of every row within its front (pymoo's "cd" convention, see
 // nds_select.cpp). front[i] >= 0 is row i's front label; out has n entries.

@@ -93,13 +93,17 @@ void check_labels(const IndexArray& fronts, std::ptrdiff_t n, const char* name) 
                                   std::to_string(i) + "] is " + std::to_string(f[i]));
 }
 
-py::array_t<std::int64_t> py_non_dominated_sort(const py::array& F) {
+py::array_t<std::int64_t> sort_ranks(const py::array& F, bool front_staircases) {
     check_matrix(F, "F");
     py::array_t<std::int64_t> rank(F.shape(0));
     std::int64_t* out = rank.mutable_data();
-    dispatch(F, "F", [out](const auto& v) { non_dominated_rank(v, out); });
+    dispatch(F, "F", [out, front_staircases](const auto& v) { non_dominated_rank(v, out, front_staircases); });
     return rank;
 }
+
+py::array_t<std::int64_t> py_non_dominated_sort(const py::array& F) { return sort_ranks(F, true); }
+
+py::array_t<std::int64_t> py_non_dominated_sort_dc(const py::array& F) { return sort_ranks(F, false); }
 
 py::array_t<double> py_crowding_distance(const py::array& F, const IndexArray& fronts) {
     check_matrix(F, "F");
@@ -178,6 +182,8 @@ void bind_nds(py::module_& m) {
     py::module_ nds = m.def_submodule("nds", "NSGA-II core: non-dominated sorting, crowding, survival, hypervolume");
     nds.def("non_dominated_sort", &py_non_dominated_sort, py::arg("F"),
             "Front index of every row of F (N, M) -> int64 (N,); 0 = first front. Minimization.");
+    nds.def("_non_dominated_sort_divide_and_conquer", &py_non_dominated_sort_dc, py::arg("F"),
+            "non_dominated_sort without the M = 3 front-staircase pass (for tests).");
     nds.def("crowding_distance", &py_crowding_distance, py::arg("F"), py::arg("fronts"),
             "Crowding distance of every row of F within its front (pymoo 'cd') -> float64 (N,).");
     nds.def("select", &py_select, py::arg("F"), py::arg("n"),

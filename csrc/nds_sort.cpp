@@ -503,7 +503,7 @@ bool rank_3d_by_front_staircases(const T* P, std::int32_t n, std::int32_t* rank)
 }  // namespace
 
 template <typename T>
-void non_dominated_rank(const MatrixView<T>& F, std::int64_t* rank) {
+void non_dominated_rank(const MatrixView<T>& F, std::int64_t* rank, bool front_staircases) {
     const std::ptrdiff_t n = F.n, m = F.m;
     if (n == 0) return;
     if (n == 1 || m == 0) {  // with no objectives every row equals every other
@@ -537,7 +537,7 @@ void non_dominated_rank(const MatrixView<T>& F, std::int64_t* rank) {
     if (d == 0) {
         for (std::int32_t p = 0; p < n_unique; ++p) r[std::size_t(p)] = p;
     } else {
-        if (d == 2 && rank_3d_by_front_staircases(P.data(), n_unique, r.data())) {
+        if (d == 2 && front_staircases && rank_3d_by_front_staircases(P.data(), n_unique, r.data())) {
             // done
         } else {
             std::fill(r.begin(), r.end(), 0);
@@ -551,7 +551,7 @@ void non_dominated_rank(const MatrixView<T>& F, std::int64_t* rank) {
     for (std::ptrdiff_t i = 0; i < n; ++i) rank[i] = r[std::size_t(unique_of[std::size_t(i)])];
 }
 
-template void non_dominated_rank<float>(const MatrixView<float>&, std::int64_t*);
-template void non_dominated_rank<double>(const MatrixView<double>&, std::int64_t*);
+template void non_dominated_rank<float>(const MatrixView<float>&, std::int64_t*, bool);
+template void non_dominated_rank<double>(const MatrixView<double>&, std::int64_t*, bool);
 
 }  // namespace fastscarlet::nds
