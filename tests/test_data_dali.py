@@ -220,3 +220,15 @@ def test_shared_cifar10_labels_and_cifar_recipe():
 def test_dali_argument_errors(tree):
     with pytest.raises(ValueError, match="needs a CUDA device"):
         build_loader(tree, "val", "dali", decode_device="mixed")
+
+
+def test_set_start_batch_resumes_with_the_same_samples(tree):
+    loader = build_loader(
+        tree, "train", "dali", batch_size=2, num_workers=2, image_size=24, seed=4, return_index=True
+    )
+    loader.set_epoch(2)
+    full = [b[2] for b in loader]
+    loader.set_start_batch(5)
+    resumed = [b[2] for b in loader]
+    assert len(resumed) == len(full) - 5
+    assert all(torch.equal(a, b) for a, b in zip(full[5:], resumed))

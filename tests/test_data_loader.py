@@ -335,3 +335,29 @@ def test_labels_match_imagefolder_after_shuffling(tree):
     ref = ImageFolder(str(tree / "train"))
     assert not np.array_equal(idx.numpy(), np.arange(len(idx)))  # shuffled
     assert labels.tolist() == [ref.targets[i] for i in idx.tolist()]
+
+
+@pytest.mark.parametrize("backend", ["torch", "synthetic"])
+def test_set_start_batch_resumes_the_epoch(tree, backend):
+    loader = build_loader(
+        tree,
+        "train",
+        backend,
+        batch_size=2,
+        num_workers=0,
+        image_size=24,
+        seed=4,
+        return_index=True,
+    )
+    loader.set_epoch(3)
+    full = list(loader)
+    loader.set_start_batch(4)
+    resumed = list(loader)
+    assert len(full) == len(loader) == 7 and len(resumed) == 3
+    for (xa, ya, ia), (xb, yb, ib) in zip(full[4:], resumed):
+        assert torch.equal(ia, ib) and torch.equal(ya, yb)
+        if backend == "torch":
+            assert torch.equal(xa, xb)  # augmentations depend on (seed, epoch, index) only
+    assert len(list(loader)) == 7  # only one iteration starts late
+    with pytest.raises(ValueError, match="start batch"):
+        loader.set_start_batch(8)

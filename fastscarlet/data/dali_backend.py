@@ -184,8 +184,12 @@ class DaliImageLoader(ImageLoader):
         return out
 
     # -- the epoch -----------------------------------------------------------------------------
-    def _iter_epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        order = np.concatenate(self.epoch_batches())  # this rank's samples, batch after batch
+    def _iter_epoch(
+        self, batches: list[np.ndarray]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        if not batches:
+            return
+        order = np.concatenate(batches)  # this rank's samples, batch after batch
         total = len(order)
         paths = self.files.paths
         bad: set[int] = set()  # positions replaced by a placeholder and dropped from their batch

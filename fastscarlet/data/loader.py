@@ -46,8 +46,8 @@ IMAGENET_VAL_IMAGES = 50_000
 class ImageLoader:
     """Base of the backends: the epoch's order, the batch count and the skipped-file report.
 
-    Subclasses implement :meth:`_iter_epoch`, yielding ``(images, labels, indices)`` for the indices of
-    :meth:`epoch_indices`, and may add files to ``self._runtime_skipped``.
+    Subclasses implement :meth:`_iter_epoch`, yielding ``(images, labels, indices)`` for the given
+    batches of sample indices, and record files that fail with :meth:`_record_failure`.
     """
 
     backend = "base"
@@ -97,6 +97,7 @@ class ImageLoader:
         self.channels_last = channels_last
         self.return_index = return_index
         self.epoch = 0
+        self._start_batch = 0  # set_start_batch: where the next iteration begins (then reset)
         self._runtime_skipped: list[SkippedFile] = []
 
     # -- the interface the trainer uses -------------------------------------------------------
@@ -105,6 +106,17 @@ class ImageLoader:
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         self.epoch = int(epoch)
+
+    def set_start_batch(self, batch: int) -> None:
+        """Begin the next iteration at batch ``batch`` of the current epoch (resuming a run).
+
+        The batches from there on hold the same samples as an uninterrupted epoch; only the next
+        iteration is affected. The torch backend also repeats their augmentations (they depend
+        on ``(seed, epoch, index)``); DALI draws new ones.
+        """
+        if not 0 <= batch <= len(self):
+            raise ValueError(f"start batch must be in [0, {len(self)}], got {batch}")
+        self._start_batch = int(batch)
 
     @property
     def num_samples(self) -> int:
@@ -144,19 +156,25 @@ class ImageLoader:
         )
 
     def epoch_batches(self) -> list[np.ndarray]:
-        """The epoch's indices cut into batches (the last one partial or dropped)."""
+        """The epoch's indices cut into batches (the last one partial or dropped), from the start
+        batch set by :meth:`set_start_batch` (usually 0)."""
         order = self.epoch_indices()
         n = len(self) * self.batch_size if self.drop_last else len(order)
-        return [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+        start = self._start_batch * self.batch_size
+        return [order[i : i + self.batch_size] for i in range(start, n, self.batch_size)]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        for images, labels, indices in self._iter_epoch():
+        batches = self.epoch_batches()
+        self._start_batch = 0
+        for images, labels, indices in self._iter_epoch(batches):
             if self.return_index:
                 yield images, labels, indices
             else:
                 yield images, labels
 
-    def _iter_epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def _iter_epoch(
+        self, batches: list[np.ndarray]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         raise NotImplementedError
 
     def _record_failure(self, index: int, reason: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 from fastscarlet.data.loader import ImageLoader
@@ -21,7 +22,9 @@ class SyntheticLoader(ImageLoader):
 
     backend = "synthetic"
 
-    def _iter_epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def _iter_epoch(
+        self, batches: list[np.ndarray]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         size = self.recipe.image_size
         gen = torch.Generator().manual_seed(hash((self.seed, self.epoch, self.rank)) & (2**62 - 1))
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -30,7 +33,7 @@ class SyntheticLoader(ImageLoader):
         labels_of = torch.randint(0, self.num_classes, (self.dataset_size,), generator=gen)
         if self.files is not None:
             labels_of = torch.as_tensor(self.files.labels, dtype=torch.int64)
-        for batch in self.epoch_batches():
+        for batch in batches:
             indices = torch.from_numpy(batch)
             yield (
                 images[: len(batch)],

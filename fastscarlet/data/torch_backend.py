@@ -69,18 +69,18 @@ def collate_skipping_failures(items):
 
 
 class _EpochBatchSampler(Sampler):
-    """Batches of ``(index, epoch)`` keys for the loader's current epoch."""
+    """Batches of ``(index, epoch)`` keys; the loader sets ``batches`` and ``epoch`` per iteration."""
 
-    def __init__(self, loader: ImageLoader):
-        self.loader = loader
+    def __init__(self):
+        self.batches: list[np.ndarray] = []
+        self.epoch = 0
 
     def __iter__(self):
-        epoch = self.loader.epoch
-        for batch in self.loader.epoch_batches():
-            yield [(int(i), epoch) for i in batch]
+        for batch in self.batches:
+            yield [(int(i), self.epoch) for i in batch]
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.batches)
 
 
 class TorchImageLoader(ImageLoader):
@@ -92,12 +92,13 @@ class TorchImageLoader(ImageLoader):
         super().__init__(files, recipe, **kwargs)
         self.num_workers = num_workers
         self.dataset = FileListDataset(files, recipe, self.seed)
+        self._sampler = _EpochBatchSampler()
         self._dataloader: DataLoader | None = None
 
     def _make_dataloader(self) -> DataLoader:
         return DataLoader(
             self.dataset,
-            batch_sampler=_EpochBatchSampler(self),
+            batch_sampler=self._sampler,
             num_workers=self.num_workers,
             collate_fn=collate_skipping_failures,
             pin_memory=self.device.type == "cuda",
@@ -106,7 +107,10 @@ class TorchImageLoader(ImageLoader):
             # the workers costs well under a second per epoch.
         )
 
-    def _iter_epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def _iter_epoch(
+        self, batches: list[np.ndarray]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        self._sampler.batches, self._sampler.epoch = batches, self.epoch
         if self._dataloader is None:
             self._dataloader = self._make_dataloader()
         recipe = self.recipe
