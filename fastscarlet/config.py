@@ -54,7 +54,7 @@ class OptimConfig:
     warmup_epochs: float = 5.0
     min_lr: float = 0.0
     label_smoothing: float = 0.1
-    grad_clip: float = 5.0  # max global grad norm; 0 disables
+    grad_clip: float = 0.0  # max global grad norm; 0 disables (see configs/cifar10.yaml for why)
     shared_grad: str = "mean"  # mean | sum: how a step combines the m path gradients
 
 
