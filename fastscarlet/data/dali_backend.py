@@ -79,7 +79,7 @@ class DaliImageLoader(ImageLoader):
         self._copy_stream = None  # CUDA stream for DALI -> torch copies, made on first use
 
     # -- the pipeline --------------------------------------------------------------------------
-    def _pipeline(self, paths: list[str], positions: list[int], seed: int):
+    def _pipeline(self, paths: list[str], positions: list[int], seed: int, prefetch: int):
         import nvidia.dali.fn as fn
         import nvidia.dali.types as types
         from nvidia.dali import Pipeline
@@ -91,7 +91,7 @@ class DaliImageLoader(ImageLoader):
             num_threads=self.num_threads,
             device_id=self.device_id,
             seed=seed,
-            prefetch_queue_depth=_PREFETCH,
+            prefetch_queue_depth=prefetch,
         )
         mixed = self.decode_device == "mixed"
         decode_args = dict(device=self.decode_device, output_type=types.RGB)
@@ -200,10 +200,21 @@ class DaliImageLoader(ImageLoader):
             seed_seq = np.random.SeedSequence([self.seed, self.epoch, self.rank, pos])
             seed = int(seed_seq.generate_state(1)[0] >> 1)  # DALI takes a non-negative int32
             feed = [placeholder if p in bad else paths[order[p]] for p in range(pos, total)]
-            pipe = self._pipeline(feed, list(range(pos, total)), seed)
+            # Schedule exactly the batches left: Pipeline.run() would compute one batch past the
+            # end of the list (wrapping around), 8% more work on a 12-batch epoch.
+            remaining = -(-(total - pos) // self.batch_size)
+            depth = min(_PREFETCH, remaining)
+            pipe = self._pipeline(feed, list(range(pos, total)), seed, depth)
+            scheduled = 0
             try:
                 while pos < total:
-                    images, positions = pipe.run()
+                    if scheduled == 0:
+                        pipe.schedule_run()  # the first call fills the queue: `depth` batches
+                        scheduled = depth
+                    elif scheduled < remaining:
+                        pipe.schedule_run()
+                        scheduled += 1
+                    images, positions = pipe.outputs()
                     n = min(self.batch_size, total - pos)
                     got = np.asarray(positions.as_array()).reshape(-1)[:n]
                     if not np.array_equal(got, np.arange(pos, pos + n)):
