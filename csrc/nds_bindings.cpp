@@ -25,7 +25,8 @@ enum class Dtype { f32, f64 };
 
 Dtype check_matrix(const py::array& F, const char* name) {
     if (F.ndim() != 2)
-        throw py::value_error(std::string(name) + " must be a 2-D array (N points x M objectives), got " +
+        throw py::value_error(std::string(name) +
+                              " must be a 2-D array (N points x M objectives), got " +
                               std::to_string(F.ndim()) + "-D");
     if (F.shape(0) > kMaxRows)
         throw py::value_error(std::string(name) + " has " + std::to_string(F.shape(0)) +
@@ -84,7 +85,8 @@ using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecas
 
 void check_labels(const IndexArray& fronts, std::ptrdiff_t n, const char* name) {
     if (fronts.ndim() != 1 || fronts.shape(0) != n)
-        throw py::value_error(std::string(name) + " must be a 1-D array with one entry per row of F (" +
+        throw py::value_error(std::string(name) +
+                              " must be a 1-D array with one entry per row of F (" +
                               std::to_string(n) + ")");
     const std::int64_t* f = fronts.data();
     for (std::ptrdiff_t i = 0; i < n; ++i)
@@ -97,13 +99,17 @@ py::array_t<std::int64_t> sort_ranks(const py::array& F, bool front_staircases) 
     check_matrix(F, "F");
     py::array_t<std::int64_t> rank(F.shape(0));
     std::int64_t* out = rank.mutable_data();
-    dispatch(F, "F", [out, front_staircases](const auto& v) { non_dominated_rank(v, out, front_staircases); });
+    dispatch(F, "F", [out, front_staircases](const auto& v) {
+        non_dominated_rank(v, out, front_staircases);
+    });
     return rank;
 }
 
 py::array_t<std::int64_t> py_non_dominated_sort(const py::array& F) { return sort_ranks(F, true); }
 
-py::array_t<std::int64_t> py_non_dominated_sort_dc(const py::array& F) { return sort_ranks(F, false); }
+py::array_t<std::int64_t> py_non_dominated_sort_dc(const py::array& F) {
+    return sort_ranks(F, false);
+}
 
 py::array_t<double> py_crowding_distance(const py::array& F, const IndexArray& fronts) {
     check_matrix(F, "F");
@@ -118,15 +124,16 @@ py::array_t<double> py_crowding_distance(const py::array& F, const IndexArray& f
 py::array_t<std::int64_t> py_select(const py::array& F, std::ptrdiff_t n) {
     check_matrix(F, "F");
     if (n < 0 || n > F.shape(0))
-        throw py::value_error("n must be in [0, " + std::to_string(F.shape(0)) + "] (the rows of F), got " +
-                              std::to_string(n));
+        throw py::value_error("n must be in [0, " + std::to_string(F.shape(0)) +
+                              "] (the rows of F), got " + std::to_string(n));
     py::array_t<std::int64_t> kept(n);
     std::int64_t* out = kept.mutable_data();
     dispatch(F, "F", [out, n](const auto& v) { nsga2_select(v, n, out); });
     return kept;
 }
 
-py::array_t<std::int64_t> py_binary_tournament(const IndexArray& fronts, const DoubleArray& crowding,
+py::array_t<std::int64_t> py_binary_tournament(const IndexArray& fronts,
+                                               const DoubleArray& crowding,
                                                const IndexArray& candidates) {
     if (fronts.ndim() != 1) throw py::value_error("fronts must be a 1-D array");
     const std::ptrdiff_t n = fronts.shape(0);
@@ -136,16 +143,17 @@ py::array_t<std::int64_t> py_binary_tournament(const IndexArray& fronts, const D
                               std::to_string(n) + ")");
     for (std::ptrdiff_t i = 0; i < n; ++i)
         if (std::isnan(crowding.data()[i]))
-            throw py::value_error("crowding must not be NaN, but crowding[" + std::to_string(i) + "] is");
+            throw py::value_error("crowding must not be NaN, but crowding[" + std::to_string(i) +
+                                  "] is");
     if (candidates.ndim() != 2 || candidates.shape(1) != 2)
         throw py::value_error("candidates must be a (K, 2) array of row pairs");
     const std::ptrdiff_t k = candidates.shape(0);
     const std::int64_t* c = candidates.data();
     for (std::ptrdiff_t t = 0; t < 2 * k; ++t)
         if (c[t] < 0 || c[t] >= n)
-            throw py::value_error("candidates must index rows in [0, " + std::to_string(n) + "), but candidates[" +
-                                  std::to_string(t / 2) + ", " + std::to_string(t % 2) + "] is " +
-                                  std::to_string(c[t]));
+            throw py::value_error("candidates must index rows in [0, " + std::to_string(n) +
+                                  "), but candidates[" + std::to_string(t / 2) + ", " +
+                                  std::to_string(t % 2) + "] is " + std::to_string(c[t]));
     py::array_t<std::int64_t> winners(k);
     std::int64_t* out = winners.mutable_data();
     const std::int64_t* f = fronts.data();
@@ -161,9 +169,11 @@ double py_hypervolume(const py::array& F, const DoubleArray& ref) {
     check_matrix(F, "F");
     const std::ptrdiff_t m = F.shape(1);
     if (m < 1 || m > 3)
-        throw py::value_error("F must have 1, 2 or 3 objectives for hypervolume, got " + std::to_string(m));
+        throw py::value_error("F must have 1, 2 or 3 objectives for hypervolume, got " +
+                              std::to_string(m));
     if (ref.ndim() != 1 || ref.shape(0) != m)
-        throw py::value_error("ref must be a 1-D array with one entry per objective (" + std::to_string(m) + ")");
+        throw py::value_error("ref must be a 1-D array with one entry per objective (" +
+                              std::to_string(m) + ")");
     for (std::ptrdiff_t j = 0; j < m; ++j)
         if (!std::isfinite(ref.data()[j]))
             throw py::value_error("ref must be finite, but ref[" + std::to_string(j) + "] is " +
@@ -179,7 +189,8 @@ double py_hypervolume(const py::array& F, const DoubleArray& ref) {
 
 void bind_nds(py::module_& m) {
     using namespace fastscarlet::nds;
-    py::module_ nds = m.def_submodule("nds", "NSGA-II core: non-dominated sorting, crowding, survival, hypervolume");
+    py::module_ nds = m.def_submodule(
+        "nds", "NSGA-II core: non-dominated sorting, crowding, survival, hypervolume");
     nds.def("non_dominated_sort", &py_non_dominated_sort, py::arg("F"),
             "Front index of every row of F (N, M) -> int64 (N,); 0 = first front. Minimization.");
     nds.def("_non_dominated_sort_divide_and_conquer", &py_non_dominated_sort_dc, py::arg("F"),
@@ -187,7 +198,8 @@ void bind_nds(py::module_& m) {
     nds.def("crowding_distance", &py_crowding_distance, py::arg("F"), py::arg("fronts"),
             "Crowding distance of every row of F within its front (pymoo 'cd') -> float64 (N,).");
     nds.def("select", &py_select, py::arg("F"), py::arg("n"),
-            "NSGA-II survival: indices of the n rows kept (by front, then crowding) -> int64 (n,).");
+            "NSGA-II survival: indices of the n rows kept (by front, then crowding) -> int64 "
+            "(n,).");
     nds.def("binary_tournament", &py_binary_tournament, py::arg("fronts"), py::arg("crowding"),
             py::arg("candidates"),
             "Winner of each pair of candidates (K, 2): lower front, then larger crowding, then the "

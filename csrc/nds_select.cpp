@@ -41,7 +41,8 @@ void crowding_of_front(const MatrixView<T>& F, const std::int64_t* rows, std::si
         cd[scratch[s - 1].second] += inf;
         for (std::size_t t = 1; t + 1 < s; ++t) {
             const double v = scratch[t].first;
-            cd[scratch[t].second] += (v - scratch[t - 1].first) / span + (scratch[t + 1].first - v) / span;
+            cd[scratch[t].second] +=
+                (v - scratch[t - 1].first) / span + (scratch[t + 1].first - v) / span;
         }
     }
     const double m = double(F.m);
@@ -88,7 +89,8 @@ void nsga2_select(const MatrixView<T>& F, std::ptrdiff_t n_keep, std::int64_t* o
     std::vector<std::int64_t> rows(static_cast<std::size_t>(n));
     {
         std::vector<std::ptrdiff_t> next(start.begin(), start.end() - 1);
-        for (std::ptrdiff_t i = 0; i < n; ++i) rows[std::size_t(next[std::size_t(rank[std::size_t(i)])]++)] = i;
+        for (std::ptrdiff_t i = 0; i < n; ++i)
+            rows[std::size_t(next[std::size_t(rank[std::size_t(i)])]++)] = i;
     }
     // The front that does not fit whole.
     std::size_t cut = 0;
@@ -109,7 +111,9 @@ void nsga2_select(const MatrixView<T>& F, std::ptrdiff_t n_keep, std::int64_t* o
     for (std::size_t t = 0; t < s; ++t) order[t] = std::uint32_t(t);
     // Decreasing crowding distance, ties by lower row index (members ascend, so by position).
     std::partial_sort(order.begin(), order.begin() + need, order.end(),
-                      [&cd](std::uint32_t a, std::uint32_t b) { return cd[a] > cd[b] || (cd[a] == cd[b] && a < b); });
+                      [&cd](std::uint32_t a, std::uint32_t b) {
+                          return cd[a] > cd[b] || (cd[a] == cd[b] && a < b);
+                      });
     for (std::ptrdiff_t t = 0; t < need; ++t) out[whole + t] = members[order[std::size_t(t)]];
 }
 

