@@ -8,9 +8,15 @@ Every loader is an :class:`ImageLoader`:
   item, the int64 indices ``(B,)`` of the samples in ``loader.files``, follows;
 - ``len(loader)`` is the number of batches per epoch on this rank;
 - ``loader.set_epoch(epoch)`` picks the epoch's order (the same permutation on every rank, as
-  ``DistributedSampler.set_epoch`` does) and the seed of its augmentations;
+  ``DistributedSampler.set_epoch`` does) and the seed of its augmentations; without it every
+  iteration repeats epoch 0's order;
+- ``loader.set_start_batch(k)`` makes the next iteration begin at batch ``k`` (resuming a run);
 - ``loader.skipped`` lists the files left out (by the scan or at decode time), ``loader.num_skipped``
-  counts them.
+  counts them; ``loader.classes`` and ``loader.num_classes`` name the labels.
+
+Sharding (:mod:`fastscarlet.data.sharding`): the train split pads the shards to equal length, so
+DDP ranks take the same number of steps; the eval splits read every image exactly once over all
+ranks (shards may then differ by one image, and the batch counts by one).
 
 A sample that cannot be decoded at run time is dropped from its batch (the batch is one smaller) and
 recorded; the number of batches does not change, so DDP ranks keep taking the same number of steps.
