@@ -58,12 +58,15 @@ def _load(requested: str) -> tuple[str, ModuleType]:
     if requested == "python":
         return "python", _reference
     probe = probe_cpp()
+    reason = probe.reason
     if probe.available:
         from fastscarlet import _C
 
-        return "cpp", _C.nds
+        if hasattr(_C, "nds"):
+            return "cpp", _C.nds
+        reason = "it was built without the nds bindings; rebuild it with `pip install -e .`"
     if requested == "cpp":
-        raise RuntimeError(f"{BACKEND_ENV}=cpp but {probe.name} is not usable: {probe.reason}")
+        raise RuntimeError(f"{BACKEND_ENV}=cpp but {probe.name} is not usable: {reason}")
     return "python", _reference
 
 
