@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -278,6 +281,43 @@ def test_argument_errors_name_the_argument(backend):
         nds.binary_tournament([0, 0, 1], [1.0, 2.0], [[0, 1]])
     with pytest.raises(ValueError, match="crowding must not be NaN"):
         nds.binary_tournament([0, 0, 1], [1.0, np.nan, 2.0], [[0, 1]])
+
+
+@needs_cpp
+def test_extension_releases_the_gil():
+    """Another Python thread runs while the extension sorts, which it cannot if the GIL is held.
+
+    With a switch interval of 100 s the interpreter never takes the GIL from the main thread, so
+    the watcher (which gives the GIL back in every iteration) can only run while the main thread
+    waits: inside the extension's released section, or in join() at the end.
+    """
+    from fastscarlet._C import nds as C
+
+    F = make("random", 20_000, 4)  # ~10-20 ms per sort
+    state = {"in_sort": False, "ran_during_sort": False, "done": False}
+
+    def watcher():
+        while not state["done"]:
+            if state["in_sort"]:
+                state["ran_during_sort"] = True
+            time.sleep(1e-4)  # releases the GIL
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(100.0)
+    thread = threading.Thread(target=watcher)
+    try:
+        thread.start()
+        for _ in range(20):
+            state["in_sort"] = True
+            C.non_dominated_sort(F)
+            state["in_sort"] = False
+            if state["ran_during_sort"]:
+                break
+    finally:
+        state["done"] = True
+        thread.join()
+        sys.setswitchinterval(interval)
+    assert state["ran_during_sort"]
 
 
 @needs_cpp
