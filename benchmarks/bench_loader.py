@@ -124,6 +124,52 @@ def compare(root, split, backends, *, rounds, device, **kw) -> dict[str, list[tu
     return rates
 
 
+def breakdown(root: Path, threads: int, images: int = 256) -> dict[str, float]:
+    """CPU ms per image of the train transform's steps alone: PIL decode, PIL decode + resized
+    crop (torchvision's functional), DALI crop-on-decode, DALI crop-on-decode + resize."""
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import Pipeline
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    from fastscarlet.data import scan_image_folder
+    from fastscarlet.data.transforms import random_resized_crop_box
+
+    paths = scan_image_folder(Path(root) / "train", verify="none").paths[:images]
+    out = {}
+    rng = np.random.default_rng(0)
+    for step in ("decode", "decode+crop+resize"):
+        cpu0 = cpu_seconds()
+        for path in paths:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                if step != "decode":
+                    h, w = im.height, im.width
+                    box = random_resized_crop_box(h, w, (0.08, 1.0), (3 / 4, 4 / 3), rng)
+                    im = F.resized_crop(im, *box, [224, 224], InterpolationMode.BILINEAR)
+        out[f"PIL {step}"] = (cpu_seconds() - cpu0) / len(paths) * 1000
+    for step in ("crop-on-decode", "crop-on-decode+resize"):
+        batch = 64
+        pipe = Pipeline(batch_size=batch, num_threads=threads, device_id=None, seed=0)
+        with pipe:
+            encoded, _ = fn.readers.file(files=paths, random_shuffle=False)
+            im = fn.decoders.image_random_crop(encoded, device="cpu", output_type=types.RGB)
+            if step != "crop-on-decode":
+                im = fn.resize(im, resize_x=224, resize_y=224, antialias=True)
+            pipe.set_outputs(im)
+        pipe.build()
+        pipe.run()  # warm-up
+        cpu0 = cpu_seconds()
+        n = len(paths) // batch
+        for _ in range(n):
+            pipe.run()
+        out[f"DALI {step}"] = (cpu_seconds() - cpu0) / (n * batch) * 1000
+        del pipe
+    return out
+
+
 def environment() -> dict:
     import torch
 
@@ -163,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backends", nargs="+", default=["torch", "dali"])
     p.add_argument("--splits", nargs="+", default=["train", "val"])
     p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument(
+        "--breakdown", action="store_true", help="also time the train steps alone (CPU ms/img)"
+    )
     args = p.parse_args(argv)
 
     from fastscarlet.env import probe_dali
@@ -224,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {cells[2]} | {cells[3]} | {cpu_ratio} |"
             )
     print("\n".join(table))
+    if args.breakdown and "dali" in backends:
+        steps = breakdown(args.data, args.threads)
+        print(json.dumps({k: round(v, 2) for k, v in steps.items()}))
+        rows.append({"breakdown_cpu_ms_per_img": steps})
     if args.json:
         args.json.write_text(
             json.dumps(
