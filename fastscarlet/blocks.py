@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+from fastscarlet.kernels.dispatch import use_kernels
 from fastscarlet.space import SEConfig
 
 
@@ -102,7 +103,18 @@ class MBConv(nn.Module):
         return self.forward_with_se(x, self.se)
 
     def forward_with_se(self, x: torch.Tensor, se: nn.Module | None) -> torch.Tensor:
-        """Forward with an SE module that may live outside the block (shared-weight supernets)."""
+        """Forward with an SE module that may live outside the block (shared-weight supernets).
+
+        On CUDA this runs the fused Triton kernels (``fastscarlet.kernels.mbconv``) when
+        :func:`~fastscarlet.kernels.dispatch.use_kernels` says so and the configuration is covered;
+        otherwise (always on CPU, unless forced under the Triton interpreter) the plain-PyTorch
+        code below, the reference.
+        """
+        if use_kernels(x):
+            from fastscarlet.kernels.mbconv import mbconv_block_forward, mbconv_supported
+
+            if mbconv_supported(self, se, x):
+                return mbconv_block_forward(self, x, se)
         y = self.act(self.bn1(self.expand(x)))
         y = self.act(self.bn2(self.dw(y)))
         if se is not None:
@@ -128,6 +140,11 @@ class LinearStabilizer(nn.Module):
         return self.conv.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_kernels(x):  # the Triton GEMM (fastscarlet.kernels.let); else the reference
+            from fastscarlet.kernels.let import let_forward, let_supported
+
+            if let_supported(self, x):
+                return let_forward(self, x)
         return self.conv(x)
 
     def reset_to_identity(self) -> None:

@@ -1,0 +1,301 @@
+"""Training-mode BatchNorm pieces that do not live inside a convolution kernel.
+
+The convolution kernels sum ``z`` and ``z^2`` per channel in their epilogues and apply
+``act(z * scale + shift)`` in the next kernel's prologue; in between, one tiny launch turns sums into
+the affine. The same split in the backward pass:
+
+    forward   mean = S1 / M,  var = S2 / M - mean^2 (biased, for normalising),
+              rstd = (var + eps)^-1/2,  scale = gamma * rstd,  shift = beta - mean * scale,
+              var * M / (M - 1) is the unbiased variance of the running-statistics update
+    backward  with du = dL/d(BN output) and xhat = (z - mean) * rstd:
+              dgamma = sum du * xhat,  dbeta = sum du,
+              dz = gamma * rstd / M * (M du - sum du - xhat * sum du * xhat) = A du + B z + C,
+              A = gamma * rstd,  B = -gamma * rstd^2 * dgamma / M,  C = -gamma * rstd * dbeta / M - B * mean
+
+so every normalising or gradient pass is a per-channel affine of at most two tensors, which the
+consumer kernels apply in their prologues. The var = E[z^2] - mean^2 form loses digits when
+|mean| >> std; after a conv the channel means are within a few std of 0 (at |mean| = 10 std the
+relative error of var is ~1e-5 in fp32), which is well inside the bf16 budget.
+
+Kernels here: :func:`_bn_train_finalize_kernel`, :func:`_bn_bwd_coef_kernel` (both one program
+per 1024 channels), :func:`_bn_bwd_reduce_kernel` (the two backward sums of a tensor that no
+kernel produced in-epilogue: the block output's ``dy``), :func:`_affine_act_kernel` (the block's
+last BN + residual, or the SE pooling of ``act(BN(z))``) and :func:`_bn_bwd_apply_kernel` (``dz``
+of the depthwise output, with the SE pooling term).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.nn import functional as F
+
+from .activations import act_code, act_fwd, act_grad
+from .launch import cdiv, clamp_pow2, interpreting, launch, num_sms, split_for
+
+# Rows of the packed per-BN forward statistics ``[5, C]`` written by the finalize kernel.
+MEAN, RSTD, SCALE, SHIFT, VAR_UNBIASED = range(5)
+STAT_ROWS = 5
+
+
+@triton.jit
+def _bn_train_finalize_kernel(
+    sums_ptr, gamma_ptr, beta_ptr, out_ptr, C, count, eps, BLOCK: tl.constexpr
+):
+    c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = c < C
+    s = tl.load(sums_ptr + c, mask=ok, other=0.0)
+    q = tl.load(sums_ptr + C + c, mask=ok, other=0.0)
+    gamma = tl.load(gamma_ptr + c, mask=ok, other=1.0).to(tl.float32)
+    beta = tl.load(beta_ptr + c, mask=ok, other=0.0).to(tl.float32)
+    mean = s / count
+    var = tl.maximum(q / count - mean * mean, 0.0)
+    rstd = tl.rsqrt(var + eps)
+    scale = gamma * rstd
+    tl.store(out_ptr + c, mean, mask=ok)
+    tl.store(out_ptr + C + c, rstd, mask=ok)
+    tl.store(out_ptr + 2 * C + c, scale, mask=ok)
+    tl.store(out_ptr + 3 * C + c, beta - mean * scale, mask=ok)
+    tl.store(out_ptr + 4 * C + c, var * (count / (count - 1.0)), mask=ok)
+
+
+@triton.jit
+def _bn_bwd_coef_kernel(
+    sums_ptr, stats_ptr, gamma_ptr, coef_ptr, dgamma_ptr, dbeta_ptr, C, count,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = c < C
+    sdu = tl.load(sums_ptr + c, mask=ok, other=0.0)
+    sdux = tl.load(sums_ptr + C + c, mask=ok, other=0.0)
+    mean = tl.load(stats_ptr + c, mask=ok, other=0.0)
+    rstd = tl.load(stats_ptr + C + c, mask=ok, other=0.0)
+    gamma = tl.load(gamma_ptr + c, mask=ok, other=0.0).to(tl.float32)
+    a = gamma * rstd
+    b = -a * rstd * sdux / count
+    tl.store(coef_ptr + c, a, mask=ok)
+    tl.store(coef_ptr + C + c, b, mask=ok)
+    tl.store(coef_ptr + 2 * C + c, -a * sdu / count - b * mean, mask=ok)
+    tl.store(dgamma_ptr + c, sdux, mask=ok)
+    tl.store(dbeta_ptr + c, sdu, mask=ok)
+
+
+@triton.jit
+def _bn_bwd_reduce_kernel(
+    g_ptr, z_ptr, mean_ptr, rstd_ptr, sums_ptr, P, C,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """``sums[0, c] += sum_p g``, ``sums[1, c] += sum_p g * (z - mean) * rstd`` (grid-stride)."""
+    pid_p = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0)
+    rstd = tl.load(rstd_ptr + c, mask=c_ok, other=0.0)
+    s1 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    s2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    local = (tl.arange(0, BLOCK_P) * C)[:, None] + c[None, :]
+    for tile in range(pid_p, tl.cdiv(P, BLOCK_P), tl.num_programs(0)):
+        p = tile * BLOCK_P + tl.arange(0, BLOCK_P)
+        m = (p < P)[:, None] & c_ok[None, :]
+        base = tl.cast(tile, tl.int64) * BLOCK_P * C  # 64-bit scalar, int32 offsets in the tile
+        g = tl.load(g_ptr + base + local, mask=m, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + base + local, mask=m, other=0.0).to(tl.float32)
+        s1 += tl.sum(g, axis=0)
+        s2 += tl.sum(tl.where(m, g * (z - mean[None, :]) * rstd[None, :], 0.0), axis=0)
+    tl.atomic_add(sums_ptr + c, s1, mask=c_ok)
+    tl.atomic_add(sums_ptr + C + c, s2, mask=c_ok)
+
+
+@triton.jit
+def _affine_act_kernel(
+    z_ptr, out_ptr, res_ptr, sa_ptr, sb_ptr, pool_ptr, N, HW, C, IMGS, pool_scale,
+    ACT: tl.constexpr, RESIDUAL: tl.constexpr, STORE: tl.constexpr, POOL: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """``y = act(z * a[c] + b[c]) (+ res)`` on pixels ``[pid_t*BLOCK_P, +BLOCK_P)`` of images
+    ``pid_g*IMGS ...``: stored, and/or its per-image mean added to ``pool [N, C]``."""
+    r = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n0 = tl.program_id(1) * IMGS
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    m = (r < HW)[:, None] & c_ok[None, :]
+    sa = tl.load(sa_ptr + c, mask=c_ok, other=0.0)
+    sb = tl.load(sb_ptr + c, mask=c_ok, other=0.0)
+    local = (r * C)[:, None] + c[None, :]
+    for n in range(n0, tl.minimum(n0 + IMGS, N)):
+        offs = tl.cast(n, tl.int64) * HW * C + local
+        z = tl.load(z_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        y = act_fwd(z * sa[None, :] + sb[None, :], ACT)
+        if RESIDUAL:
+            y += tl.load(res_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        if STORE:
+            tl.store(out_ptr + offs, y, mask=m)
+        if POOL:
+            col = tl.sum(tl.where(m, y, 0.0), axis=0)
+            tl.atomic_add(pool_ptr + (n * C + c), col * pool_scale, mask=c_ok)
+
+
+@triton.jit
+def _bn_bwd_apply_kernel(
+    g_ptr, z_ptr, out_ptr, ca_ptr, cb_ptr, cc_ptr, sa_ptr, sb_ptr, dmh_ptr, P, HW, C,
+    ACT: tl.constexpr, SE_TERM: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """``dz = A (g + dmh[n, c] * act'(z * sa + sb)) + B z + C``; ``out`` may alias ``g``.
+
+    ``g`` is the gradient that reached ``u = BN(z)`` through the activation, except the SE
+    pooling path, whose per-pixel share ``dmh = dL/dmean / HW`` is added here (``SE_TERM``)."""
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    m = (p < P)[:, None] & c_ok[None, :]
+    offs = tl.cast(tl.program_id(0), tl.int64) * BLOCK_P * C + (
+        (tl.arange(0, BLOCK_P) * C)[:, None] + c[None, :]
+    )
+    g = tl.load(g_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    ca = tl.load(ca_ptr + c, mask=c_ok, other=0.0)
+    cb = tl.load(cb_ptr + c, mask=c_ok, other=0.0)
+    cc = tl.load(cc_ptr + c, mask=c_ok, other=0.0)
+    if SE_TERM:
+        sa = tl.load(sa_ptr + c, mask=c_ok, other=0.0)
+        sb = tl.load(sb_ptr + c, mask=c_ok, other=0.0)
+        dmh = tl.load(dmh_ptr + ((p // HW) * C)[:, None] + c[None, :], mask=m, other=0.0)
+        g += dmh * act_grad(z * sa[None, :] + sb[None, :], ACT)
+    tl.store(out_ptr + offs, ca[None, :] * g + cb[None, :] * z + cc[None, :], mask=m)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def bn_train_finalize(
+    sums: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, out: torch.Tensor, count: int,
+    eps: float,
+) -> torch.Tensor:  # fmt: skip
+    """``sums [2, C]`` -> ``out [5, C]`` rows MEAN, RSTD, SCALE, SHIFT, VAR_UNBIASED."""
+    C = gamma.shape[0]
+    block = 64 if interpreting(sums.device) else 1024
+    launch(
+        _bn_train_finalize_kernel, (cdiv(C, block),), sums, gamma, beta, out, C, float(count),
+        float(eps), BLOCK=block, num_warps=4, num_stages=1,
+    )  # fmt: skip
+    return out
+
+
+def bn_bwd_coef(
+    sums: torch.Tensor, stats: torch.Tensor, gamma: torch.Tensor, coef: torch.Tensor,
+    dgamma: torch.Tensor, dbeta: torch.Tensor, count: int,
+) -> None:  # fmt: skip
+    """``sums [2, C]`` (sum du, sum du*xhat) and ``stats`` (rows MEAN, RSTD) -> ``coef [3, C]``
+    (A, B, C) and the fp32 ``dgamma``, ``dbeta``."""
+    C = gamma.shape[0]
+    block = 64 if interpreting(sums.device) else 1024
+    launch(
+        _bn_bwd_coef_kernel, (cdiv(C, block),), sums, stats, gamma, coef, dgamma, dbeta, C,
+        float(count), BLOCK=block, num_warps=4, num_stages=1,
+    )  # fmt: skip
+
+
+def _block_pc(C: int, device: torch.device) -> tuple[int, int]:
+    if interpreting(device):
+        return 16, 16
+    bc = clamp_pow2(C, 16, 64)
+    return 2048 // bc, bc  # 2048 elements per program: 16 per thread at 4 warps
+
+
+def bn_bwd_reduce(
+    g: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, sums: torch.Tensor
+) -> None:
+    """``sums [2, C]`` (zeroed) += (sum g, sum g * (z - mean) * rstd) over the rows of g, z."""
+    P, C = g.shape
+    bp, bc = _block_pc(C, g.device)
+    ct = cdiv(C, bc)
+    progs = split_for(cdiv(P, bp), ct, 8 * num_sms(g.device) if not interpreting(g.device) else 2)
+    launch(
+        _bn_bwd_reduce_kernel, (progs, ct), g, z, mean, rstd, sums, P, C,
+        BLOCK_P=bp, BLOCK_C=bc, num_warps=4, num_stages=2,
+    )  # fmt: skip
+
+
+def affine_act(
+    z: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    geom: tuple[int, int],
+    *,
+    act: str = "none",
+    out: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    pool: torch.Tensor | None = None,
+) -> None:
+    """``out = act(z * scale + shift) (+ residual)`` and/or ``pool [N, C] += per-image mean``.
+
+    ``z``: ``[N*HW, C]`` rows; ``geom = (N, HW)``."""
+    N, HW = geom
+    C = z.shape[1]
+    dev = z.device
+    bp, bc = _block_pc(C, dev)
+    bp = min(bp, max(16, 1 << (HW - 1).bit_length()))  # tiles never cross an image
+    tiles = cdiv(HW, bp)
+    if interpreting(dev):
+        imgs = 2
+    else:
+        imgs = (
+            cdiv(N, split_for(N, tiles * cdiv(C, bc), 16 * num_sms(dev))) if pool is not None else 1
+        )
+    launch(
+        _affine_act_kernel, (tiles, cdiv(N, imgs), cdiv(C, bc)),
+        z, out if out is not None else z, residual if residual is not None else z, scale, shift,
+        pool if pool is not None else z, N, HW, C, imgs, 1.0 / HW,
+        ACT=act_code(act), RESIDUAL=residual is not None, STORE=out is not None,
+        POOL=pool is not None, BLOCK_P=bp, BLOCK_C=bc, num_warps=4, num_stages=2,
+    )  # fmt: skip
+
+
+def bn_bwd_apply(
+    g: torch.Tensor,
+    z: torch.Tensor,
+    coef: torch.Tensor,
+    out: torch.Tensor,
+    HW: int,
+    *,
+    se_term: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    act: str = "none",
+) -> None:
+    """``out = A (g + dmh * act'(z*sa + sb)) + B z + C`` with ``coef = [A; B; C]`` and
+    ``se_term = (dmh [N, C], sa, sb)``; ``out`` may be ``g`` (in place)."""
+    P, C = g.shape
+    dev = g.device
+    bp, bc = _block_pc(C, dev)
+    se = se_term if se_term is not None else (g, g, g)
+    launch(
+        _bn_bwd_apply_kernel, (cdiv(P, bp), cdiv(C, bc)), g, z, out, coef[0], coef[1], coef[2],
+        se[1], se[2], se[0], P, HW, C, ACT=act_code(act), SE_TERM=se_term is not None,
+        BLOCK_P=bp, BLOCK_C=bc, num_warps=4, num_stages=2,
+    )  # fmt: skip
+
+
+def batch_norm_ref(
+    z: torch.Tensor, bn: torch.nn.BatchNorm2d, training: bool | None = None
+) -> torch.Tensor:
+    """The reference: ``F.batch_norm`` with the module's parameters and buffers."""
+    training = bn.training if training is None else training
+    return F.batch_norm(
+        z, bn.running_mean, bn.running_var, bn.weight, bn.bias, training, bn.momentum or 0.0, bn.eps
+    )
+
+
+__all__ = [
+    "MEAN",
+    "RSTD",
+    "SCALE",
+    "SHIFT",
+    "STAT_ROWS",
+    "VAR_UNBIASED",
+    "affine_act",
+    "batch_norm_ref",
+    "bn_bwd_apply",
+    "bn_bwd_coef",
+    "bn_bwd_reduce",
+    "bn_train_finalize",
+]

@@ -1,0 +1,347 @@
+"""Depthwise kxk convolution (padding k//2, stride 1 or 2) on channels_last tensors.
+
+``out[n, ho, wo, c] = sum_{i,j < k} in[n, ho*s + i - k//2, wo*s + j - k//2, c] * w[c, i, j]``,
+zero outside the image. ``Ho = (H - 1) // s + 1`` (odd k).
+
+* :func:`_dw_conv_fwd_kernel`: output-stationary. Prologue ``act(v * a[c] + b[c])`` on every tap
+  (the producer's training-mode BN + activation, *then* the zero padding, as in PyTorch where the
+  conv pads the activated tensor). Epilogue: BN-eval affine folded in-kernel, activation, and any
+  of: store, BN statistics (sum, sum of squares per channel), SE pooling (per image and channel).
+* :func:`_dw_conv_bwd_kernel`: input-stationary, so the input gradient needs no atomics:
+  ``dx[n, hi, wi, c] = sum_{i,j} dz[n, (hi + p - i)/s, (wi + p - j)/s, c] * w[c, i, j]`` over the
+  taps where the division is exact. With s = 2 a program owns one parity class
+  ``(hi % 2, wi % 2)``, for which the exactness of each tap is a scalar test: it runs only the
+  ~k^2/4 taps that contribute instead of masking 3/4 of every load. The weight gradient
+  ``dw[c, i, j] = sum dz * a_in`` reuses the same loads (``a_in`` is the input tile, loaded once)
+  and is accumulated in a ``[KK_PAD, BLOCK_C]`` register tile, one row per tap.
+
+Tiles are ``TILE_H x TILE_W`` pixels of one image (8x8 on a GPU: the 56x56 and 112x112 stages
+split exactly, the halo of a 7x7 kernel is 14x14 = 3x the tile and stays in L1/L2) by
+``BLOCK_C`` channels (64 bf16 channels = one 128-byte line per pixel). A program may loop over
+several images (``IMGS``) so that statistics reach memory with few atomics.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.nn import functional as F
+
+from .activations import act_code, act_fwd, act_grad
+from .launch import cdiv, interpreting, launch, next_pow2, num_sms, split_for
+
+EPI_NONE, EPI_BN_EVAL = 0, 2
+
+
+@triton.jit
+def _dw_conv_fwd_kernel(
+    x_ptr, w_ptr, out_ptr, pa_ptr, pb_ptr,
+    ea_ptr, eb_ptr, ec_ptr, ed_ptr, stats_ptr, pool_ptr,
+    N, C, H, W, Ho, Wo, IMG_IN, IMG_OUT, TILES_W, IMGS, eps, pool_scale,
+    KSIZE: tl.constexpr, STRIDE: tl.constexpr, PRO: tl.constexpr, PRO_ACT: tl.constexpr,
+    EPI: tl.constexpr, EPI_ACT: tl.constexpr,
+    STORE: tl.constexpr, STATS: tl.constexpr, POOL: tl.constexpr,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Output tile ``TILE_H x TILE_W`` x ``BLOCK_C`` channels of images ``pid_g*IMGS ...``.
+
+    Addressing: one 64-bit scalar base per image (``IMG_IN = H*W*C`` elements) plus int32 offsets
+    inside it; tap ``(i, j)`` is the tile's centre offsets plus the scalar
+    ``((i - p)*W + (j - p))*C``. The kernel rows are a runtime loop and the columns unrolled, so
+    the compiler keeps only k column masks live instead of hoisting k^2 masks and offsets out of
+    the image loop (which spilled at k = 7)."""
+    pid_t = tl.program_id(0)
+    pid_g = tl.program_id(1)
+    pid_c = tl.program_id(2)
+    PAD: tl.constexpr = KSIZE // 2
+    KK: tl.constexpr = KSIZE * KSIZE
+    th = pid_t // TILES_W
+    tw = pid_t % TILES_W
+    r = tl.arange(0, TILE_H * TILE_W)
+    ho = th * TILE_H + r // TILE_W
+    wo = tw * TILE_W + r % TILE_W
+    row_ok = (ho < Ho) & (wo < Wo)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    centre = ((ho * STRIDE) * W + wo * STRIDE) * C
+    in_offs = centre[:, None] + c[None, :]
+    out_offs = ((ho * Wo + wo) * C)[:, None] + c[None, :]
+    if PRO == 1:
+        sa = tl.load(pa_ptr + c, mask=c_ok, other=0.0)
+        sb = tl.load(pb_ptr + c, mask=c_ok, other=0.0)
+    if EPI == 2:
+        gamma = tl.load(ea_ptr + c, mask=c_ok, other=1.0).to(tl.float32)
+        beta = tl.load(eb_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+        rmean = tl.load(ec_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+        rvar = tl.load(ed_ptr + c, mask=c_ok, other=1.0).to(tl.float32)
+        e_scale = gamma * tl.rsqrt(rvar + eps)
+        e_shift = beta - rmean * e_scale
+    if STATS:
+        s_acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+        q_acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    om = row_ok[:, None] & c_ok[None, :]
+    n0 = pid_g * IMGS
+    for n in range(n0, tl.minimum(n0 + IMGS, N)):
+        xb = x_ptr + tl.cast(n, tl.int64) * IMG_IN
+        acc = tl.zeros([TILE_H * TILE_W, BLOCK_C], dtype=tl.float32)
+        for i in range(KSIZE):
+            hi = ho * STRIDE + (i - PAD)
+            h_ok = row_ok & (hi >= 0) & (hi < H)
+            for j in tl.static_range(KSIZE):
+                wi = wo * STRIDE + (j - PAD)
+                m = (h_ok & (wi >= 0) & (wi < W))[:, None] & c_ok[None, :]
+                v = tl.load(xb + ((i - PAD) * W + (j - PAD)) * C + in_offs, mask=m, other=0.0)
+                v = v.to(tl.float32)
+                if PRO == 1:
+                    v = tl.where(m, act_fwd(v * sa[None, :] + sb[None, :], PRO_ACT), 0.0)
+                wv = tl.load(w_ptr + c * KK + (i * KSIZE + j), mask=c_ok, other=0.0)
+                acc += v * wv.to(tl.float32)[None, :]
+        if EPI == 2:
+            acc = acc * e_scale[None, :] + e_shift[None, :]
+        acc = act_fwd(acc, EPI_ACT)
+        if STORE:
+            tl.store(out_ptr + tl.cast(n, tl.int64) * IMG_OUT + out_offs, acc, mask=om)
+        if STATS or POOL:
+            accm = tl.where(om, acc, 0.0)
+            col = tl.sum(accm, axis=0)
+            if STATS:
+                s_acc += col
+                q_acc += tl.sum(accm * accm, axis=0)
+            if POOL:
+                tl.atomic_add(pool_ptr + (n * C + c), col * pool_scale, mask=c_ok)
+    if STATS:
+        tl.atomic_add(stats_ptr + c, s_acc, mask=c_ok)
+        tl.atomic_add(stats_ptr + C + c, q_acc, mask=c_ok)
+
+
+@triton.jit
+def _dw_conv_bwd_kernel(
+    dz_ptr, z_ptr, w_ptr, dx_ptr, dw_ptr, sums_ptr,
+    sa_ptr, sb_ptr, mean_ptr, rstd_ptr,
+    N, C, H, W, Ho, Wo, IMG_IN, IMG_OUT, TILES_W, TILES_PER_CLASS, IMGS,
+    KSIZE: tl.constexpr, STRIDE: tl.constexpr, PRO: tl.constexpr, PRO_ACT: tl.constexpr,
+    BN_SUMS: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
+    KK_PAD: tl.constexpr,
+):  # fmt: skip
+    """Input gradient and weight gradient of the depthwise conv, for the input pixels
+    ``(a*s + ph, b*s + pw)`` of one tile of the parity class ``(ph, pw)``.
+
+    With ``PRO`` the conv input was ``act(u)``, ``u = z * sa + sb`` (training BN + activation):
+    the kernel writes ``du = dx * act'(u)`` and, with ``BN_SUMS``, adds ``sum du`` and
+    ``sum du * (z - mean) * rstd`` per channel for the BN backward. Tap ``(i, j)`` reads output
+    pixel ``(a + (ph + p - i)/s, b + (pw + p - j)/s)``: the tile's ``(a, b)`` offsets plus a
+    scalar, as in the forward kernel.
+    """
+    pid_t = tl.program_id(0)
+    pid_g = tl.program_id(1)
+    pid_c = tl.program_id(2)
+    PAD: tl.constexpr = KSIZE // 2
+    KK: tl.constexpr = KSIZE * KSIZE
+    cls = pid_t // TILES_PER_CLASS
+    t = pid_t % TILES_PER_CLASS
+    ph = cls // STRIDE
+    pw = cls % STRIDE
+    th = t // TILES_W
+    tw = t % TILES_W
+    r = tl.arange(0, TILE_H * TILE_W)
+    ta = th * TILE_H + r // TILE_W  # position inside the parity class
+    tb = tw * TILE_W + r % TILE_W
+    hi = ta * STRIDE + ph
+    wi = tb * STRIDE + pw
+    in_ok = (hi < H) & (wi < W)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    im = in_ok[:, None] & c_ok[None, :]
+    in_offs = ((hi * W + wi) * C)[:, None] + c[None, :]
+    out_offs = ((ta * Wo + tb) * C)[:, None] + c[None, :]
+    kk = tl.arange(0, KK_PAD)
+    dwacc = tl.zeros([KK_PAD, BLOCK_C], dtype=tl.float32)
+    if PRO == 1:
+        sa = tl.load(sa_ptr + c, mask=c_ok, other=0.0)
+        sb = tl.load(sb_ptr + c, mask=c_ok, other=0.0)
+    if BN_SUMS:
+        mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0)
+        rstd = tl.load(rstd_ptr + c, mask=c_ok, other=0.0)
+        s1 = tl.zeros([BLOCK_C], dtype=tl.float32)
+        s2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    n0 = pid_g * IMGS
+    for n in range(n0, tl.minimum(n0 + IMGS, N)):
+        n64 = tl.cast(n, tl.int64)
+        zv = tl.load(z_ptr + n64 * IMG_IN + in_offs, mask=im, other=0.0).to(tl.float32)
+        if PRO == 1:
+            u = zv * sa[None, :] + sb[None, :]
+            a_in = tl.where(im, act_fwd(u, PRO_ACT), 0.0)
+        else:
+            a_in = zv
+        gb = dz_ptr + n64 * IMG_OUT
+        da = tl.zeros([TILE_H * TILE_W, BLOCK_C], dtype=tl.float32)
+        for i in range(KSIZE):
+            dh = ph + (PAD - i)  # ho * s = hi + PAD - i  =>  ho = ta + dh / s when s | dh
+            if dh % STRIDE == 0:
+                dho = dh // STRIDE
+                ho = ta + dho
+                h_ok = in_ok & (ho >= 0) & (ho < Ho)
+                for j in tl.static_range(KSIZE):
+                    dwd = pw + (PAD - j)
+                    if dwd % STRIDE == 0:
+                        dwo = dwd // STRIDE
+                        wo = tb + dwo
+                        m = (h_ok & (wo >= 0) & (wo < Wo))[:, None] & c_ok[None, :]
+                        g = tl.load(gb + (dho * Wo + dwo) * C + out_offs, mask=m, other=0.0)
+                        g = g.to(tl.float32)
+                        wv = tl.load(w_ptr + c * KK + (i * KSIZE + j), mask=c_ok, other=0.0)
+                        da += g * wv.to(tl.float32)[None, :]
+                        tap = tl.sum(g * a_in, axis=0)
+                        dwacc = tl.where(kk[:, None] == i * KSIZE + j, dwacc + tap[None, :], dwacc)
+        if PRO == 1:
+            da = tl.where(im, da * act_grad(u, PRO_ACT), 0.0)
+        tl.store(dx_ptr + n64 * IMG_IN + in_offs, da, mask=im)
+        if BN_SUMS:
+            s1 += tl.sum(da, axis=0)
+            s2 += tl.sum(tl.where(im, da * (zv - mean[None, :]) * rstd[None, :], 0.0), axis=0)
+    tl.atomic_add(
+        dw_ptr + c[None, :] * KK + kk[:, None], dwacc, mask=(kk[:, None] < KK) & c_ok[None, :]
+    )
+    if BN_SUMS:
+        tl.atomic_add(sums_ptr + c, s1, mask=c_ok)
+        tl.atomic_add(sums_ptr + C + c, s2, mask=c_ok)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def channel_block(C: int, choices: tuple[int, ...] = (64, 32, 16)) -> int:
+    """The widest channel tile that wastes at most 1/8 of the lanes, else the least wasteful
+    (C = 72: 64 would waste 56 of 128 lanes, 32 wastes 24 of 96 -> 32)."""
+    waste = {b: cdiv(C, b) * b - C for b in choices}
+    for b in choices:
+        if waste[b] * 8 <= cdiv(C, b) * b:
+            return b
+    return min(choices, key=lambda b: (waste[b], -b))
+
+
+def _tiles(device: torch.device) -> tuple[int, int]:
+    return (4, 8) if interpreting(device) else (8, 8)
+
+
+def dw_out_size(h: int, stride: int) -> int:
+    return (h - 1) // stride + 1
+
+
+def dw_conv_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    geom: tuple[int, int, int],
+    stride: int,
+    *,
+    out: torch.Tensor | None = None,
+    pro_vecs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    pro_act: str = "none",
+    bn_eval: tuple[torch.Tensor, ...] | None = None,
+    eps: float = 0.0,
+    epi_act: str = "none",
+    stats: torch.Tensor | None = None,
+    pool: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """Launch :func:`_dw_conv_fwd_kernel`.
+
+    Args:
+        x: ``[N*H*W, C]`` rows; ``geom = (N, H, W)``.
+        weight: ``[C, 1, k, k]`` (any float dtype).
+        out: ``[N*Ho*Wo, C]`` or None (statistics/pooling only).
+        pro_vecs: ``(scale, shift)`` fp32 for the prologue ``act(x*scale + shift)``.
+        bn_eval: ``(gamma, beta, running_mean, running_var)`` for the epilogue.
+        stats: fp32 ``[2, C]`` zeroed; pool: fp32 ``[N, C]`` zeroed, receives the per-image mean
+            of the (activated) output.
+    """
+    N, H, W = geom
+    C = x.shape[1]
+    k = weight.shape[-1]
+    Ho, Wo = dw_out_size(H, stride), dw_out_size(W, stride)
+    dev = x.device
+    th_, tw_ = _tiles(dev)
+    tiles_w = cdiv(Wo, tw_)
+    tiles = cdiv(Ho, th_) * tiles_w
+    if interpreting(dev):
+        bc, imgs = 32, 2
+    else:
+        bc = channel_block(C, (32, 16))
+        imgs = 1
+        if stats is not None:  # programs sum statistics over images: ~16 per SM, few atomics
+            groups = split_for(N, tiles * cdiv(C, bc), 16 * num_sms(dev))
+            imgs = cdiv(N, groups)
+    pv = pro_vecs if pro_vecs is not None else (x, x)
+    ev = bn_eval if bn_eval is not None else (x, x, x, x)
+    launch(
+        _dw_conv_fwd_kernel,
+        (tiles, cdiv(N, imgs), cdiv(C, bc)),
+        x, weight, out if out is not None else x, pv[0], pv[1],
+        ev[0], ev[1], ev[2], ev[3], stats if stats is not None else x,
+        pool if pool is not None else x,
+        N, C, H, W, Ho, Wo, H * W * C, Ho * Wo * C, tiles_w, imgs, float(eps), 1.0 / (Ho * Wo),
+        KSIZE=k, STRIDE=stride, PRO=1 if pro_vecs is not None else 0, PRO_ACT=act_code(pro_act),
+        EPI=EPI_BN_EVAL if bn_eval is not None else EPI_NONE, EPI_ACT=act_code(epi_act),
+        STORE=out is not None, STATS=stats is not None, POOL=pool is not None,
+        TILE_H=th_, TILE_W=tw_, BLOCK_C=bc, num_warps=4, num_stages=1,
+    )  # fmt: skip
+    return out
+
+
+def dw_conv_bwd(
+    dz: torch.Tensor,
+    z: torch.Tensor,
+    weight: torch.Tensor,
+    geom: tuple[int, int, int],
+    stride: int,
+    dx: torch.Tensor,
+    dw: torch.Tensor,
+    *,
+    pro_vecs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    pro_act: str = "none",
+    bn_sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> None:
+    """Launch :func:`_dw_conv_bwd_kernel`.
+
+    Args:
+        dz: ``[N*Ho*Wo, C]`` gradient of the conv output; z: ``[N*H*W, C]`` the conv input (before
+            the prologue ``act(z*scale + shift)`` when ``pro_vecs`` is given).
+        dx: ``[N*H*W, C]`` receives the input gradient (``du`` w.r.t. the prologue's ``u`` when
+            ``pro_vecs`` is given). dw: fp32 ``[C, k*k]`` zeroed, receives the weight gradient.
+        bn_sums: ``(sums [2, C] zeroed fp32, mean, rstd)``: adds ``sum du`` and
+            ``sum du * (z - mean) * rstd``.
+    """
+    N, H, W = geom
+    C = z.shape[1]
+    k = weight.shape[-1]
+    Ho, Wo = dw_out_size(H, stride), dw_out_size(W, stride)
+    dev = z.device
+    th_, tw_ = _tiles(dev)
+    tiles_w = cdiv(cdiv(W, stride), tw_)
+    per_class = cdiv(cdiv(H, stride), th_) * tiles_w
+    tiles = per_class * stride * stride
+    if interpreting(dev):
+        bc, imgs = 32, 2
+    else:
+        bc = channel_block(C, (32, 16))
+        groups = split_for(N, tiles * cdiv(C, bc), 16 * num_sms(dev))
+        imgs = cdiv(N, groups)
+    pv = pro_vecs if pro_vecs is not None else (z, z)
+    bs = bn_sums if bn_sums is not None else (z, z, z)
+    launch(
+        _dw_conv_bwd_kernel,
+        (tiles, cdiv(N, imgs), cdiv(C, bc)),
+        dz, z, weight, dx, dw, bs[0], pv[0], pv[1], bs[1], bs[2],
+        N, C, H, W, Ho, Wo, H * W * C, Ho * Wo * C, tiles_w, per_class, imgs,
+        KSIZE=k, STRIDE=stride, PRO=1 if pro_vecs is not None else 0, PRO_ACT=act_code(pro_act),
+        BN_SUMS=bn_sums is not None, TILE_H=th_, TILE_W=tw_, BLOCK_C=bc,
+        KK_PAD=max(16, next_pow2(k * k)), num_warps=4, num_stages=1,
+    )  # fmt: skip
+
+
+def depthwise_ref(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
+    """The reference: ``F.conv2d(x, w, stride=s, padding=k//2, groups=C)``."""
+    return F.conv2d(x, weight, None, stride, weight.shape[-1] // 2, 1, x.shape[1])
+
+
+__all__ = ["channel_block", "depthwise_ref", "dw_conv_bwd", "dw_conv_fwd", "dw_out_size"]

@@ -1,0 +1,129 @@
+"""Helpers for testing kernels against their references: the error budget and random blocks.
+
+The error budget of ``shared/CONVENTIONS.md`` (flash-attention's rule)::
+
+    max|kernel - ref_high| <= 2 * max|ref_lowprec - ref_high| + atol * scale
+
+``ref_high`` is the PyTorch reference in float64 (so that an fp32 kernel is also judged against
+something more precise than itself), ``ref_lowprec`` the reference in the kernel's dtype, ``atol``
+1e-4 (fp32), 1e-2 (fp16), 5e-2 (bf16). ``scale = max(1, max|ref_high|)``: a weight gradient is a
+sum over every pixel of the batch, so its magnitude (and every summation-order difference) grows
+with the batch; an absolute ``atol`` would test the batch size, not the kernel.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+ATOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    error: float
+    allowed: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error <= self.allowed
+
+    def __str__(self) -> str:
+        return f"{self.name}: max error {self.error:.3g} > budget {self.allowed:.3g}"
+
+
+def budget(
+    name: str,
+    out: torch.Tensor,
+    ref_low: torch.Tensor,
+    ref_high: torch.Tensor,
+    dtype: torch.dtype,
+) -> Budget:
+    """Measure ``out`` against ``ref_high`` with the budget set by ``ref_low`` (see module doc)."""
+    hi = ref_high.double()
+    scale = max(1.0, float(hi.abs().max())) if hi.numel() else 1.0
+    err = float((out.double() - hi).abs().max()) if hi.numel() else 0.0
+    base = float((ref_low.double() - hi).abs().max()) if hi.numel() else 0.0
+    return Budget(name, err, 2.0 * base + ATOL[dtype] * scale)
+
+
+def assert_within_budget(
+    name: str,
+    out: torch.Tensor,
+    ref_low: torch.Tensor,
+    ref_high: torch.Tensor,
+    dtype: torch.dtype,
+) -> None:
+    if out.shape != ref_high.shape:
+        raise AssertionError(f"{name}: shape {tuple(out.shape)} != {tuple(ref_high.shape)}")
+    if not torch.isfinite(out).all():
+        raise AssertionError(f"{name}: non-finite values")
+    b = budget(name, out, ref_low, ref_high, dtype)
+    assert b.ok, str(b)
+
+
+def randomize_bn(module: nn.Module, generator: torch.Generator | None = None) -> None:
+    """Give every BatchNorm2d non-trivial gamma, beta and running statistics, and every conv bias
+    non-zero values (with gamma = 1, beta = 0, bias = 0 a kernel that ignored them would pass)."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d) and m.bias is not None:
+                m.bias.copy_(torch.rand(m.bias.shape, generator=generator) - 0.5)
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.weight.copy_(torch.rand(c, generator=generator) + 0.5)
+                m.bias.copy_(torch.rand(c, generator=generator) - 0.5)
+                m.running_mean.copy_(torch.rand(c, generator=generator) - 0.5)
+                m.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
+
+
+@dataclass
+class RunResult:
+    out: torch.Tensor
+    grads: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+
+
+def run_module(
+    module: nn.Module,
+    fn,
+    x: torch.Tensor,
+    grad_out: torch.Tensor | None,
+) -> RunResult:
+    """``out = fn(module, x)``; with ``grad_out``, backpropagate it and collect the gradients of
+    ``x`` (key ``"x"``) and of every parameter; also the buffers after the call."""
+    x = x.detach().clone().requires_grad_(grad_out is not None)
+    for p in module.parameters():
+        p.grad = None
+    with torch.set_grad_enabled(grad_out is not None):
+        out = fn(module, x)
+    grads: dict[str, torch.Tensor] = {}
+    if grad_out is not None:
+        out.backward(grad_out.to(out.dtype))
+        grads["x"] = x.grad.detach().clone()
+        for name, p in module.named_parameters():
+            if p.grad is not None:
+                grads[name] = p.grad.detach().clone()
+    buffers = {n: b.detach().clone() for n, b in module.named_buffers()}
+    return RunResult(out.detach().clone(), grads, buffers)
+
+
+def clone_as(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A deep copy with floating parameters and buffers in ``dtype``."""
+    return copy.deepcopy(module).to(dtype)
+
+
+__all__ = [
+    "ATOL",
+    "Budget",
+    "RunResult",
+    "assert_within_budget",
+    "budget",
+    "clone_as",
+    "randomize_bn",
+    "run_module",
+]
