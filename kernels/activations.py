@@ -11,7 +11,7 @@ code / name   f(u)                          f'(u) as in ATen's backward
 0 ``none``    u                             1
 1 ``relu``    max(u, 0)                     [u > 0]                  (threshold_backward)
 2 ``relu6``   min(max(u, 0), 6)             [0 < u < 6]              (hardtanh_backward)
-3 ``hswish``  u * relu6(u + 3) / 6          0 if u < -3, u/3 + 1/2 if u <= 3, else 1
+3 ``hswish``  u * relu6(u + 3) / 6          0 if u <= -3, u/3 + 1/2 if u < 3, else 1
 4 ``swish``   u * sigmoid(u)                s * (1 + u * (1 - s)),  s = sigmoid(u)
 5 ``hsigmoid``relu6(u + 3) / 6              1/6 if -3 < u < 3 else 0
 6 ``sigmoid`` sigmoid(u)                    s * (1 - s)
@@ -74,7 +74,7 @@ def act_grad(u, ACT: tl.constexpr):
     elif ACT == 2:
         d = tl.where((u > 0.0) & (u < 6.0), 1.0, 0.0)
     elif ACT == 3:
-        d = tl.where(u < -3.0, 0.0, tl.where(u <= 3.0, u * (1.0 / 3.0) + 0.5, 1.0))
+        d = tl.where(u <= -3.0, 0.0, tl.where(u < 3.0, u * (1.0 / 3.0) + 0.5, 1.0))
     elif ACT == 4:
         s = tl.sigmoid(u)
         d = s * (1.0 + u * (1.0 - s))
@@ -112,7 +112,7 @@ def act_grad_ref(u: torch.Tensor, name: str) -> torch.Tensor:
     if name == "relu6":
         return torch.where((u > 0) & (u < 6), one, zero)
     if name == "hswish":
-        return torch.where(u < -3, zero, torch.where(u <= 3, u / 3 + 0.5, one))
+        return torch.where(u <= -3, zero, torch.where(u < 3, u / 3 + 0.5, one))
     if name == "swish":
         s = torch.sigmoid(u)
         return s * (1 + u * (1 - s))

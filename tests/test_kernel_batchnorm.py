@@ -1,0 +1,134 @@
+"""Training-BN kernels (fastscarlet.kernels.batchnorm) and the activation helpers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+from fastscarlet.kernels.activations import ACT_CODES, act_fwd, act_grad, act_grad_ref, act_ref
+
+from fastscarlet.env import triton_interpret
+
+needs_interpreter = pytest.mark.skipif(not triton_interpret(), reason="needs TRITON_INTERPRET=1")
+# Include the kinks, where PyTorch's backward formulas pick a side.
+KINKS = torch.tensor([-4.0, -3.0, -2.5, -1e-3, 0.0, 1e-3, 2.9, 3.0, 3.5, 5.9, 6.0, 7.0])
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, tol: float = 2e-5) -> None:
+    scale = max(1.0, float(want.abs().max()))
+    err = float((got.double() - want.double()).abs().max())
+    assert err <= tol * scale, f"max error {err:.3g} (scale {scale:.3g})"
+
+
+@pytest.mark.parametrize("name", sorted(ACT_CODES))
+def test_act_grad_ref_is_autograd_of_act_ref(name: str) -> None:
+    u = torch.cat([KINKS, torch.randn(100)]).double().requires_grad_()
+    (want,) = torch.autograd.grad(act_ref(u, name).sum(), u)
+    # ATen's hardsigmoid backward multiplies by float(1/6) even in float64: compare to 1e-7.
+    assert torch.allclose(act_grad_ref(u.detach(), name), want, rtol=1e-7, atol=1e-7)
+
+
+@triton.jit
+def _act_probe_kernel(u_ptr, f_ptr, d_ptr, n, ACT: tl.constexpr, BLOCK: tl.constexpr):
+    i = tl.arange(0, BLOCK)
+    u = tl.load(u_ptr + i, mask=i < n, other=0.0)
+    tl.store(f_ptr + i, act_fwd(u, ACT), mask=i < n)
+    tl.store(d_ptr + i, act_grad(u, ACT), mask=i < n)
+
+
+@needs_interpreter
+@pytest.mark.interpreter
+def test_triton_activations_match_pytorch() -> None:
+    import triton
+    import triton.language as tl
+    from fastscarlet.kernels.activations import act_fwd, act_grad
+
+    @triton.jit
+    def k(u_ptr, f_ptr, d_ptr, n, ACT: tl.constexpr, BLOCK: tl.constexpr):
+        i = tl.arange(0, BLOCK)
+        u = tl.load(u_ptr + i, mask=i < n, other=0.0)
+        tl.store(f_ptr + i, act_fwd(u, ACT), mask=i < n)
+        tl.store(d_ptr + i, act_grad(u, ACT), mask=i < n)
+
+    u = torch.cat([KINKS, torch.randn(50)])
+    for name, code in ACT_CODES.items():
+        f, d = torch.empty_like(u), torch.empty_like(u)
+        k[(1,)](u, f, d, u.numel(), ACT=code, BLOCK=64)
+        _close(f, act_ref(u.double(), name))
+        _close(d, act_grad_ref(u.double(), name))
+
+
+@needs_interpreter
+@pytest.mark.interpreter
+def test_finalize_and_backward_coefficients() -> None:
+    """Sums -> (mean, rstd, scale, shift, unbiased var); BN backward sums -> A, B, C with
+    dz = A du + B z + C equal to autograd through F.batch_norm (training)."""
+    from fastscarlet.kernels import batchnorm as bn
+
+    g = torch.Generator().manual_seed(0)
+    P, C = 300, 40
+    z = torch.randn(P, C, generator=g, dtype=torch.float64) * 2 + 1
+    gamma = torch.rand(C, generator=g, dtype=torch.float64) + 0.5
+    beta = torch.randn(C, generator=g, dtype=torch.float64)
+    sums = torch.stack([z.sum(0), z.square().sum(0)]).float()
+    stats = torch.empty(bn.STAT_ROWS, C)
+    bn.bn_train_finalize(sums, gamma.float(), beta.float(), stats, P, 1e-5)
+    var = z.var(0, unbiased=False)
+    _close(stats[bn.MEAN], z.mean(0))
+    _close(stats[bn.RSTD], (var + 1e-5).rsqrt(), 1e-4)
+    _close(stats[bn.VAR_UNBIASED], z.var(0, unbiased=True), 1e-4)
+    _close(stats[bn.SCALE], gamma * (var + 1e-5).rsqrt(), 1e-4)
+
+    zz = z.detach().requires_grad_()
+    y = torch.nn.functional.batch_norm(zz, None, None, gamma, beta, True, 0.0, 1e-5)
+    du = torch.randn(P, C, generator=g, dtype=torch.float64)
+    (dz_ref,) = torch.autograd.grad(y, zz, du)
+    xhat = (z - z.mean(0)) * (var + 1e-5).rsqrt()
+    dsums = torch.stack([du.sum(0), (du * xhat).sum(0)]).float()
+    coef = torch.empty(3, C)
+    dgamma, dbeta = torch.empty(C), torch.empty(C)
+    bn.bn_bwd_coef(dsums, stats, gamma.float(), coef, dgamma, dbeta, P)
+    dz = coef[0].double() * du + coef[1].double() * z + coef[2].double()
+    _close(dz, dz_ref, 1e-4)
+    _close(dgamma, (du * xhat).sum(0))
+    _close(dbeta, du.sum(0))
+
+    # the reduction kernel computes the same two sums from (du, z)
+    red = torch.zeros(2, C)
+    bn.bn_bwd_reduce(du.float(), z.float(), stats[bn.MEAN], stats[bn.RSTD], red)
+    _close(red, dsums, 1e-4)
+
+
+@needs_interpreter
+@pytest.mark.interpreter
+def test_affine_act_store_residual_and_pool() -> None:
+    from fastscarlet.kernels.batchnorm import affine_act
+
+    g = torch.Generator().manual_seed(1)
+    N, HW, C = 3, 49, 40
+    z, res = torch.randn(N * HW, C, generator=g), torch.randn(N * HW, C, generator=g)
+    sa, sb = torch.rand(C, generator=g) + 0.5, torch.randn(C, generator=g)
+    ref = act_ref(z.double() * sa.double() + sb.double(), "hswish")
+    out = torch.empty_like(z)
+    pool = torch.zeros(N, C)
+    affine_act(z, sa, sb, (N, HW), act="hswish", out=out, residual=res, pool=pool)
+    _close(out, ref + res.double())
+    _close(pool, (ref + res.double()).view(N, HW, C).mean(1))
+
+
+@needs_interpreter
+@pytest.mark.interpreter
+def test_bn_bwd_apply_with_se_term_in_place() -> None:
+    from fastscarlet.kernels.batchnorm import bn_bwd_apply
+
+    g = torch.Generator().manual_seed(2)
+    N, HW, C = 3, 25, 40
+    du, z = torch.randn(N * HW, C, generator=g), torch.randn(N * HW, C, generator=g)
+    coef = torch.randn(3, C, generator=g)
+    sa, sb, dmh = torch.rand(C, generator=g), torch.randn(C, generator=g), torch.randn(N, C)
+    d = act_grad_ref(z.double() * sa.double() + sb.double(), "relu6")
+    full = du.double() + dmh.double().repeat_interleave(HW, 0) * d
+    want = coef[0].double() * full + coef[1].double() * z.double() + coef[2].double()
+    bn_bwd_apply(du, z, coef, du, HW, se_term=(dmh, sa, sb), act="relu6")
+    _close(du, want)

@@ -1,0 +1,139 @@
+"""The kernel-vs-reference decision (fastscarlet.kernels.dispatch) and the modules' CPU path."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+from fastscarlet.kernels import dispatch
+from fastscarlet.kernels.dispatch import ENV_VAR, current_mode, kernel_mode, use_kernels
+from fastscarlet.kernels.testing import randomize_bn
+
+from fastscarlet.blocks import LinearStabilizer, MBConv, init_weights
+from fastscarlet.space import SEConfig
+
+
+@pytest.fixture
+def triton_state(monkeypatch):
+    """Pretend Triton is usable (or not) and whether the interpreter is on."""
+
+    def set_state(usable: bool, interpret: bool) -> None:
+        monkeypatch.setattr(dispatch, "_triton_state", lambda: (usable, interpret, "probe says no"))
+
+    return set_state
+
+
+def test_default_mode_is_auto(monkeypatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert current_mode() == "auto"
+
+
+@pytest.mark.parametrize("mode", ["auto", "reference", "triton"])
+def test_env_var_sets_the_mode(monkeypatch, mode: str) -> None:
+    monkeypatch.setenv(ENV_VAR, mode.upper())
+    assert current_mode() == mode
+
+
+def test_invalid_env_var_names_the_choices(monkeypatch) -> None:
+    monkeypatch.setenv(ENV_VAR, "fast")
+    with pytest.raises(ValueError, match="auto.*reference.*triton"):
+        current_mode()
+
+
+def test_context_manager_overrides_env_and_nests(monkeypatch) -> None:
+    monkeypatch.setenv(ENV_VAR, "triton")
+    with kernel_mode("reference"):
+        assert current_mode() == "reference"
+        with kernel_mode("auto"):
+            assert current_mode() == "auto"
+        assert current_mode() == "reference"
+    assert current_mode() == "triton"
+    with pytest.raises(ValueError), kernel_mode("sometimes"):
+        pass
+
+
+def test_auto_uses_kernels_only_for_cuda_tensors(monkeypatch, triton_state) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    cpu = torch.zeros(1)
+    cuda_like = torch.empty(1, device="meta")  # not CUDA either
+    triton_state(usable=True, interpret=True)
+    assert not use_kernels(cpu)
+    assert not use_kernels(cuda_like)
+    with kernel_mode("reference"):
+        assert not use_kernels(cpu)
+
+
+def test_triton_mode_needs_interpreter_on_cpu(triton_state) -> None:
+    cpu = torch.zeros(1)
+    with kernel_mode("triton"):
+        triton_state(usable=True, interpret=True)
+        assert use_kernels(cpu)
+        triton_state(usable=True, interpret=False)
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+            use_kernels(cpu)
+        triton_state(usable=False, interpret=False)
+        with pytest.raises(RuntimeError, match="probe says no"):
+            use_kernels(cpu)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_uses_kernels_on_cuda_when_triton_works(triton_state) -> None:
+    triton_state(usable=True, interpret=False)
+    assert use_kernels(torch.zeros(1, device="cuda"))
+    triton_state(usable=False, interpret=False)
+    assert not use_kernels(torch.zeros(1, device="cuda"))
+
+
+def test_decision_is_traceable_by_torch_compile(monkeypatch) -> None:
+    """The modules call use_kernels inside forward: dynamo must trace it without a graph break."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return x * 2 if use_kernels(x) else x + 1
+
+    torch._dynamo.reset()
+    with kernel_mode("reference"):
+        out = torch.compile(f, backend="eager", fullgraph=True)(torch.ones(3))
+    assert torch.equal(out, torch.full((3,), 2.0))
+
+
+def _manual_mbconv(m: MBConv, x: torch.Tensor) -> torch.Tensor:
+    y = m.act(m.bn1(m.expand(x)))
+    y = m.act(m.bn2(m.dw(y)))
+    y = m.se(y) if m.se is not None else y
+    y = m.bn3(m.project(y))
+    return x + y if m.residual else y
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_cpu_modules_are_bit_identical_to_the_reference(monkeypatch, training: bool) -> None:
+    """On CPU (default mode) the modules never reach the kernels and compute exactly what their
+    plain-PyTorch layers compute."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    torch.manual_seed(0)
+    m = MBConv(16, 16, 6, 5, 1, "hswish", SEConfig())
+    init_weights(m)
+    randomize_bn(m)
+    m.train(training)
+    x = torch.randn(2, 16, 9, 9)
+    twin = copy.deepcopy(m)
+    assert torch.equal(m(x), _manual_mbconv(twin, x))
+    let = LinearStabilizer(16, 24, 2)
+    assert torch.equal(let(x), let.conv(x))
+
+
+def test_blocks_import_without_triton() -> None:
+    """fastscarlet.blocks (and the supernet) import and run on CPU when Triton is missing."""
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch\n"
+        "from fastscarlet.supernet import SuperNet\n"
+        "from fastscarlet.blocks import MBConv\n"
+        "m = MBConv(8, 8, 3, 3, 1, 'relu')\n"
+        "print(tuple(m(torch.randn(1, 8, 5, 5)).shape))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "(1, 8, 5, 5)"

@@ -1,0 +1,168 @@
+"""The LET stabilizer kernels (fastscarlet.kernels.let) and their fusion into the expand conv."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from fastscarlet.kernels.dispatch import kernel_mode
+from fastscarlet.kernels.testing import assert_within_budget, randomize_bn
+
+from fastscarlet.blocks import LinearStabilizer, MBConv, init_weights
+from fastscarlet.env import triton_interpret
+from fastscarlet.space import SEConfig
+
+needs_interpreter = pytest.mark.skipif(not triton_interpret(), reason="needs TRITON_INTERPRET=1")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CL = torch.channels_last
+
+
+def _let(cin: int, cout: int, stride: int, seed: int = 0) -> LinearStabilizer:
+    torch.manual_seed(seed)
+    let = LinearStabilizer(cin, cout, stride)
+    init_weights(let)
+    return let
+
+
+def _grads(fn, module, x, g):
+    x = x.detach().clone().requires_grad_()
+    for p in module.parameters():
+        p.grad = None
+    y = fn(module, x)
+    y.backward(g.to(y.dtype))
+    return y.detach(), x.grad, module.conv.weight.grad
+
+
+def _check_let(cin: int, cout: int, stride: int, H: int, dtype: torch.dtype, device: str) -> None:
+    from fastscarlet.kernels.let import let_forward
+
+    let = _let(cin, cout, stride).to(device)
+    x = torch.randn(3, cin, H, H, device=device).contiguous(memory_format=CL)
+    Ho = (H - 1) // stride + 1
+    g = torch.randn(3, cout, Ho, Ho, device=device)
+    with kernel_mode("reference"):
+        hi = _grads(lambda m, t: m(t), copy.deepcopy(let).double(), x.double(), g.double())
+        lo = _grads(lambda m, t: m(t), copy.deepcopy(let).to(dtype), x.to(dtype), g)
+    out = _grads(let_forward, copy.deepcopy(let).to(dtype), x.to(dtype), g)
+    assert out[0].is_contiguous(memory_format=CL)
+    for name, a, b, c in zip(("y", "dx", "dW"), out, lo, hi):
+        assert_within_budget(name, a, b, c, dtype)
+
+
+@needs_interpreter
+@pytest.mark.interpreter
+@pytest.mark.parametrize(
+    ("cin", "cout", "stride", "H"),
+    [(12, 12, 1, 7), (8, 24, 2, 9), (24, 12, 2, 13), (40, 40, 1, 5)],
+    ids=["CxC", "widen-s2", "narrow-s2-odd", "40x40"],
+)
+def test_let_kernels_match_reference(cin: int, cout: int, stride: int, H: int) -> None:
+    _check_let(cin, cout, stride, H, torch.float32, "cpu")
+
+
+def _block(cin: int, cout: int, stride: int, se: bool) -> MBConv:
+    torch.manual_seed(3)
+    blk = MBConv(cin, cout, 3, 3, stride, "hswish", SEConfig() if se else None)
+    init_weights(blk)
+    randomize_bn(blk)
+    return blk
+
+
+@needs_interpreter
+@pytest.mark.interpreter
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize(
+    ("lets", "block"),
+    [
+        ([(8, 8, 1)], (8, 12, 1, True)),  # no residual: folded into the expand conv
+        ([(8, 8, 1), (8, 12, 2)], (12, 16, 2, False)),  # a run of two LETs, strides 2 * 2
+        ([(8, 12, 2)], (12, 12, 1, False)),  # residual block: composed LET kept, not folded
+    ],
+    ids=["fold", "fold-run", "residual-keeps-let"],
+)
+def test_let_fused_into_expand_is_exact(lets, block, training: bool) -> None:
+    """LET(s) + MBConv through let_mbconv_forward == the modules one after the other, with the
+    gradients of every LET weight and block parameter."""
+    from fastscarlet.kernels.let import let_mbconv_forward
+
+    let_mods = [_let(*spec, seed=i) for i, spec in enumerate(lets)]
+    blk = _block(*block).train(training)
+    x = torch.randn(2, lets[0][0], 9, 9).contiguous(memory_format=CL)
+
+    def chained(mods, inp):
+        *ls, b = mods
+        with kernel_mode("reference"):
+            for m in ls:
+                inp = m(inp)
+            return b.forward_with_se(inp, b.se)
+
+    def fused(mods, inp):
+        *ls, b = mods
+        return let_mbconv_forward(ls, b, inp, b.se)
+
+    results = []
+    for fn in (chained, fused):
+        mods = copy.deepcopy([*let_mods, blk])
+        inp = x.clone().requires_grad_(training)
+        with torch.set_grad_enabled(training):
+            y = fn(mods, inp)
+            if training:
+                y.square().sum().backward()
+        grads = [inp.grad] if training else []
+        grads += [p.grad for m in mods for p in m.parameters()] if training else []
+        results.append((y.detach(), grads, [b.clone() for b in mods[-1].buffers()]))
+    (y_ref, g_ref, b_ref), (y_k, g_k, b_k) = results
+    assert torch.allclose(y_k, y_ref, atol=1e-4, rtol=1e-4)
+    for a, b in zip(g_k, g_ref):
+        assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
+    for a, b in zip(b_k, b_ref):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5, rtol=1e-5)
+
+
+@needs_interpreter
+@pytest.mark.interpreter
+def test_stabilizer_module_uses_kernel_when_forced() -> None:
+    let = _let(8, 16, 2)
+    x = torch.randn(2, 8, 7, 7).contiguous(memory_format=CL).requires_grad_()
+    with kernel_mode("triton"):
+        y = let(x)
+    assert "LETFunction" in type(y.grad_fn).__name__
+    with kernel_mode("reference"):
+        want = let(x)
+    assert torch.allclose(y, want, atol=1e-5)
+
+
+@needs_interpreter
+@pytest.mark.interpreter
+def test_let_ops_pass_opcheck() -> None:
+    from fastscarlet.kernels import let as let_ops
+
+    x = torch.randn(2, 8, 7, 7).contiguous(memory_format=CL)
+    w = torch.randn(12, 8, 1, 1)
+    torch.library.opcheck(let_ops.let_fwd, (x, w, 2))
+    dy = torch.randn(2, 12, 4, 4).contiguous(memory_format=CL)
+    torch.library.opcheck(let_ops.let_bwd, (dy, x, w, 2, True))
+
+
+def test_fold_is_rejected_in_front_of_a_residual_block() -> None:
+    from fastscarlet.kernels.mbconv import mbconv_block_forward
+
+    blk = _block(8, 8, 1, False)
+    with pytest.raises(ValueError, match="no residual"):
+        mbconv_block_forward(blk, torch.randn(1, 8, 5, 5), let_weight=torch.randn(8, 8, 1, 1))
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize(
+    ("cin", "cout", "stride", "H"), [(40, 40, 1, 28), (80, 96, 1, 14), (96, 192, 2, 15)]
+)
+def test_gpu_let_within_budget(cin, cout, stride, H, dtype) -> None:
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        _check_let(cin, cout, stride, H, dtype, "cuda")
+    finally:
+        torch.backends.cudnn.allow_tf32 = old

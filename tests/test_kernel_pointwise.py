@@ -1,0 +1,130 @@
+"""1x1-conv GEMM kernels (fastscarlet.kernels.pointwise) against PyTorch formulas, flag by flag."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from fastscarlet.env import triton_interpret
+
+pytestmark = [
+    pytest.mark.interpreter,
+    pytest.mark.skipif(not triton_interpret(), reason="needs TRITON_INTERPRET=1"),
+]
+CL = torch.channels_last
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, tol: float = 2e-5) -> None:
+    scale = max(1.0, float(want.abs().max()))
+    err = float((got.double() - want.double()).abs().max())
+    assert err <= tol * scale, f"max error {err:.3g} (scale {scale:.3g})"
+
+
+@pytest.mark.parametrize("pro", ["none", "affine", "bn_bwd"])
+@pytest.mark.parametrize("epi", ["none", "bias", "bn_eval"])
+@pytest.mark.parametrize("extras", ["plain", "gate+residual+stats", "stride2"])
+def test_pw_conv_fwd(pro: str, epi: str, extras: str) -> None:
+    from fastscarlet.kernels import pointwise as pw
+    from fastscarlet.kernels.activations import act_ref
+
+    g = torch.Generator().manual_seed(0)
+    N, K, NOUT, H = 2, 24, 40 if "residual" not in extras else 24, 9
+    s = 2 if extras == "stride2" else 1
+    x = torch.randn(N, K, H, H, generator=g).contiguous(memory_format=CL)
+    z = torch.randn(N, K, H, H, generator=g).contiguous(memory_format=CL)
+    w = torch.randn(NOUT, K, generator=g)
+    vecs = [torch.randn(K, generator=g) for _ in range(3)]
+    # reference on the [N, K, H, W] tensor
+    v = x.double()
+    if pro == "affine":
+        v = act_ref(v * vecs[0].double()[:, None, None] + vecs[1].double()[:, None, None], "hswish")
+    elif pro == "bn_bwd":
+        a, b, c = (t.double()[:, None, None] for t in vecs)
+        v = a * v + b * z.double() + c
+    gate = torch.rand(N, K, generator=g) if "gate" in extras else None
+    if gate is not None:
+        v = v * gate.double()[:, :, None, None]
+    ref = F.conv2d(v, w.double()[:, :, None, None], None, s)
+    bias = torch.randn(NOUT, generator=g)
+    bn = (torch.rand(NOUT, generator=g) + 0.5, torch.randn(NOUT, generator=g),
+          torch.randn(NOUT, generator=g), torch.rand(NOUT, generator=g) + 0.5)  # fmt: skip
+    if epi == "bias":
+        ref = act_ref(ref + bias.double()[:, None, None], "relu6")
+    elif epi == "bn_eval":
+        sc = bn[0].double() / torch.sqrt(bn[3].double() + 1e-3)
+        ref = ref * sc[:, None, None] + (bn[1].double() - bn[2].double() * sc)[:, None, None]
+        ref = act_ref(ref, "relu")
+    res = torch.randn(N, NOUT, H, H, generator=g).contiguous(memory_format=CL)
+    if "residual" in extras:
+        ref = ref + res.double()
+    Ho = (H - 1) // s + 1
+    out = torch.empty(N, NOUT, Ho, Ho).contiguous(memory_format=CL)
+    stats = torch.zeros(2, NOUT) if "stats" in extras else None
+    pw.pw_conv_fwd(
+        _rows(x), w, _rows(out), geom=(N, Ho, Ho, H, H), in_stride=s,
+        pro={"none": pw.PRO_NONE, "affine": pw.PRO_AFFINE, "bn_bwd": pw.PRO_BN_BWD}[pro],
+        pro_act="hswish", pro_vecs=tuple(vecs[:2] if pro == "affine" else vecs),
+        z=_rows(z) if pro == "bn_bwd" else None, gate=gate,
+        epi={"none": pw.EPI_NONE, "bias": pw.EPI_BIAS, "bn_eval": pw.EPI_BN_EVAL}[epi],
+        epi_vecs=(bias,) if epi == "bias" else bn, eps=1e-3,
+        epi_act={"none": "none", "bias": "relu6", "bn_eval": "relu"}[epi],
+        residual=_rows(res) if "residual" in extras else None, stats=stats,
+    )  # fmt: skip
+    _close(out, ref)
+    if stats is not None:
+        _close(stats[0], ref.sum((0, 2, 3)))
+        _close(stats[1], ref.square().sum((0, 2, 3)))
+
+
+def test_pw_conv_fwd_transposed_weight_scatters_into_strided_rows() -> None:
+    """The input gradient of a stride-2 1x1 conv: dx = scatter(dy @ W), zero on skipped pixels."""
+    from fastscarlet.kernels.pointwise import pw_conv_fwd
+
+    g = torch.Generator().manual_seed(1)
+    N, C, Co, H = 2, 12, 20, 9
+    x = torch.randn(N, C, H, H, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(Co, C, 1, 1, dtype=torch.float64)
+    y = F.conv2d(x, w, None, 2)
+    dy = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    y.backward(dy)
+    dyf = dy.float().contiguous(memory_format=CL)
+    dx = torch.zeros(N, C, H, H).contiguous(memory_format=CL)
+    pw_conv_fwd(
+        _rows(dyf), w.float().view(Co, C), _rows(dx), geom=(N, 5, 5, 5, 5), out_stride=2,
+        out_hw=(H, H), weight_transposed=True,
+    )  # fmt: skip
+    _close(dx, x.grad)
+
+
+@pytest.mark.parametrize("variant", ["plain", "bn_bwd+affine+gate", "stride2"])
+def test_pw_conv_wgrad(variant: str) -> None:
+    from fastscarlet.kernels.activations import act_ref
+    from fastscarlet.kernels.pointwise import pw_conv_wgrad
+
+    g = torch.Generator().manual_seed(2)
+    N, Co, C, H = 3, 40, 24, 7
+    s = 2 if variant == "stride2" else 1
+    Ho = (H - 1) // s + 1
+    a = torch.randn(N, Co, Ho, Ho, generator=g).contiguous(memory_format=CL)
+    z = torch.randn(N, Co, Ho, Ho, generator=g).contiguous(memory_format=CL)
+    b = torch.randn(N, C, H, H, generator=g).contiguous(memory_format=CL)
+    va, vb = a.double(), b.double()[:, :, ::s, ::s]
+    kwargs = {}
+    if variant.startswith("bn_bwd"):
+        pa = tuple(torch.randn(Co, generator=g) for _ in range(3))
+        qa = tuple(torch.randn(C, generator=g) for _ in range(2))
+        gate = torch.rand(N, C, generator=g)
+        va = pa[0].double()[:, None, None] * va + pa[1].double()[:, None, None] * z.double()
+        va = va + pa[2].double()[:, None, None]
+        vb = act_ref(vb * qa[0].double()[:, None, None] + qa[1].double()[:, None, None], "relu6")
+        vb = vb * gate.double()[:, :, None, None]
+        kwargs = dict(pro_a_vecs=pa, z=_rows(z), pro_b_vecs=qa, pro_b_act="relu6", gate=gate)
+    want = torch.einsum("nohw,nchw->oc", va, vb)
+    dw = torch.zeros(Co, C)
+    pw_conv_wgrad(_rows(a), _rows(b), dw, geom=(N, Ho, Ho, H, H), b_stride=s, **kwargs)
+    _close(dw, want)
