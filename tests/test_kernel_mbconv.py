@@ -372,6 +372,35 @@ def test_gpu_module_default_is_kernels_and_compiles() -> None:
     assert torch.allclose(y, yc, atol=1e-4, rtol=1e-4)
 
 
+@needs_interpreter
+@pytest.mark.interpreter
+def test_benchmark_smoke_runs(tmp_path) -> None:
+    """benchmarks/bench_mbconv.py --smoke works end to end (the GPU run is the same code)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_mbconv.py"
+    out = tmp_path / "r.json"
+    cmd = [
+        sys.executable,
+        str(script),
+        "--smoke",
+        "--layers",
+        "5",
+        "--rep-ms",
+        "1",
+        "--json",
+        str(out),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "SMOKE RUN" in res.stdout and "| 5 | E6K3SE |" in res.stdout
+    data = json.loads(out.read_text())
+    assert data["smoke"] and set(data["rows"][0]["train_us"]) == {"ours", "eager", "compile"}
+
+
 # ---------------------------------------------------------------------------------------------
 # Compile for sm_90 without a GPU (catches what the interpreter cannot: tl.dot rules, spills).
 # ---------------------------------------------------------------------------------------------
