@@ -14,7 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fastscarlet import nds
     from fastscarlet.env import report
+    from fastscarlet.kernels.dispatch import current_mode
 
     print(report())
+    print(f"{'nds backend':<15} {nds.backend()} (FASTSCARLET_NDS_BACKEND)")
+    print(f"{'kernel mode':<15} {current_mode()} (FASTSCARLET_KERNELS)")
     return 0
