@@ -113,6 +113,85 @@ def floors(layer: Layer, batch: int, bw: float) -> tuple[float, float]:
     return fwd, train
 
 
+def traffic(layer: Layer, batch: int) -> tuple[float, float]:
+    """Bytes our kernels move (forward inference, forward + backward training), counting each
+    pass's reads and writes once (halo re-reads of the depthwise conv are assumed to hit L1/L2).
+
+    inference, no SE (fused dw + project):  x + 2 h1 + y (+ y residual)
+    inference, SE (h2 written once):        x + 2 h1 + 2 h2 + y (+ y)
+    training forward:                       x + 2 h1 + (2 + SE) h2 + 3 y (+ y)
+    training backward:                      2 x + 6 h1 + 5 h2 + 4 y (+ y) (+ 2 y + h2 unfused dW3)
+    """
+    b = 2
+    E = layer.cin * layer.expansion
+    ho = (layer.size - 1) // layer.stride + 1
+    p_in, p_out = batch * layer.size**2, batch * ho**2
+    x, y = b * p_in * layer.cin, b * p_out * layer.cout
+    h1, h2 = b * p_in * E, b * p_out * E
+    res = y if (layer.stride == 1 and layer.cin == layer.cout) else 0
+    fused_fwd = not layer.se and layer.cout <= 256
+    fwd = x + 2 * h1 + (0 if fused_fwd else 2 * h2) + y + res
+    train_fwd = x + 2 * h1 + (3 if layer.se else 2) * h2 + 3 * y + res
+    train_bwd = 2 * x + 6 * h1 + 5 * h2 + 4 * y + res + (2 * y + h2 if layer.cout > 128 else 0)
+    return fwd, train_fwd + train_bwd
+
+
+def eager_traffic(layer: Layer, batch: int) -> float:
+    """B_unfused of performance.md section 2.5 (inference; every op reads and writes HBM), plus
+    the SE's pooling read and gating read + write of h2."""
+    b = 2
+    E = layer.cin * layer.expansion
+    ho = (layer.size - 1) // layer.stride + 1
+    p_in, p_out = batch * layer.size**2, batch * ho**2
+    byt = (p_in * layer.cin + p_in * E) + 4 * p_in * E + (p_in * E + p_out * E) + 4 * p_out * E
+    byt += p_out * E + p_out * layer.cout + 2 * p_out * layer.cout
+    if layer.stride == 1 and layer.cin == layer.cout:
+        byt += 3 * p_out * layer.cout
+    if layer.se:
+        byt += 3 * p_out * E
+    return b * byt
+
+
+def model_table(layers: list[Layer], batch: int, bw: float) -> str:
+    """Floors and the traffic of our passes, derived (no timing): the best fraction of the floor
+    this pass structure can reach if every pass ran at ``bw``."""
+    lines = [
+        f"Derived at {bw / 1e12:.2f} TB/s, batch {batch} (no measurement):",
+        "",
+        "| # | block | shape | fwd floor us | fwd eager MB | fwd ours MB | fwd ours at BW us "
+        "| ceiling % | train floor us | train ours MB | train ours at BW us | ceiling % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    fr_f, fr_t, ratio = [], [], []
+    for layer in layers:
+        f_fwd, f_train = floors(layer, batch, bw)
+        b_fwd, b_train = traffic(layer, batch)
+        E = layer.cin * layer.expansion
+        ho = (layer.size - 1) // layer.stride + 1
+        t_c = (
+            2 * (batch * layer.size**2 * layer.cin * E + batch * ho**2 * E * layer.cout) / TC_FLOPS
+        )
+        t_c += 2 * batch * ho**2 * E * layer.kernel**2 / FMA_FLOPS
+        t_fwd, t_train = max(b_fwd / bw, t_c), max(b_train / bw, 3 * t_c)
+        fr_f.append(f_fwd / t_fwd)
+        fr_t.append(f_train / t_train)
+        b_eager = eager_traffic(layer, batch)
+        ratio.append(b_eager / b_fwd)
+        lines.append(
+            f"| {layer.index} | {layer.name} | {layer.shape} | {f_fwd * 1e6:.1f} "
+            f"| {b_eager / 1e6:.0f} | {b_fwd / 1e6:.0f} | {t_fwd * 1e6:.1f} | {fr_f[-1]:.0%} "
+            f"| {f_train * 1e6:.1f} "
+            f"| {b_train / 1e6:.0f} | {t_train * 1e6:.1f} | {fr_t[-1]:.0%} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Median ceiling: inference {statistics.median(fr_f):.0%} of the floor, training "
+        f"{statistics.median(fr_t):.0%}. Median eager/ours inference traffic: "
+        f"{statistics.median(ratio):.1f}x."
+    )
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -348,12 +427,57 @@ def table(rows: list[Row], summary: dict, header: dict) -> str:
     return "\n".join(lines)
 
 
+def parse_layers(text: str) -> set[int]:
+    """``"1-7,9"`` -> {1, ..., 7, 9}."""
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def merge(paths: list[str], markdown: str | None, json_out: str | None) -> int:
+    """One table from the JSON files of partial runs (same machine; the first header is kept)."""
+    rows: dict[int, Row] = {}
+    header, step = None, None
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        header = header or data["header"]
+        for r in data["rows"]:
+            r["layer"] = Layer(**r["layer"])
+            rows[r["layer"].index] = Row(**r)
+        step = data["summary"].get("step_img_s") or step
+    ordered = [rows[i] for i in sorted(rows)]
+    summary = summarize(ordered, step)
+    text = table(ordered, summary, header)
+    print(text)
+    if markdown:
+        with open(markdown, "w") as f:
+            f.write(text + "\n")
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump({"header": header, "rows": [asdict(r) for r in ordered], "summary": summary,
+                       "smoke": False, "merged_from": paths}, f, indent=1)  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="CPU + Triton interpreter, tiny shapes")
+    ap.add_argument(
+        "--model", action="store_true",
+        help="print the floors and our pass traffic (derived, no timing, no GPU needed)",
+    )  # fmt: skip
+    ap.add_argument("--bandwidth", type=float, default=3.35e12, help="B/s for --model")
     ap.add_argument("--batch", type=int, help="default 256 (smoke: 2)")
     ap.add_argument("--size", type=int, help="input resolution, default 224 (smoke: 32)")
-    ap.add_argument("--layers", help="comma-separated 1-based layer numbers (default: all 19)")
+    ap.add_argument("--layers", help="1-based layer numbers, e.g. 1-7,9 (default: all 19)")
+    ap.add_argument(
+        "--merge", nargs="+", metavar="JSON",
+        help="combine the --json files of partial runs (e.g. --layers 1-10 / 11-19 --no-step / "
+        "--layers 0 --step) into one table; runs nothing",
+    )  # fmt: skip
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile columns")
     ap.add_argument(
         "--step", action=argparse.BooleanOptionalAction, default=None,
@@ -364,6 +488,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write rows and summary here (rewritten after every layer)")
     ap.add_argument("--markdown", help="write the table here")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.markdown, args.json)
+    if args.model:
+        layers = scarlet_a_layers(args.size or 224)
+        print(model_table(layers, args.batch or 256, args.bandwidth))
+        return 0
     if args.smoke:  # before anything imports triton
         os.environ["TRITON_INTERPRET"] = "1"
     import torch
@@ -382,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     if gpu:
         torch.backends.cudnn.benchmark = True
     timer = make_timer(gpu, args.rep_ms)
-    args.bandwidth = copy_bandwidth(device, timer, args.smoke)
+    args.bandwidth = copy_bandwidth(device, timer, args.smoke)  # measured, replaces --bandwidth
     import triton
 
     header = {
@@ -398,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     layers = scarlet_a_layers(args.size)
     if args.layers:
-        keep = {int(v) for v in args.layers.split(",")}
+        keep = parse_layers(args.layers)
         layers = [layer for layer in layers if layer.index in keep]
     rows: list[Row] = []
     step = None

@@ -1,6 +1,16 @@
 """Triton kernels of fastscarlet, installed as ``fastscarlet.kernels``.
 
 Every kernel module carries its ``@triton.jit`` kernels, their host launchers and a plain-PyTorch
-``*_ref`` reference that is also the fallback. Importing this package never fails: Triton is probed
-lazily (see :mod:`fastscarlet.env`).
+``*_ref`` reference that is also the fallback:
+
+* :mod:`.mbconv`: the fused MBConv choice block (inference and training), its custom ops and
+  autograd function; :mod:`.let`: the LET stabilizer and its fusion into the next expand conv;
+* building blocks: :mod:`.pointwise` (1x1 GEMMs), :mod:`.depthwise`, :mod:`.batchnorm`,
+  :mod:`.activations`, :mod:`.launch`;
+* :mod:`.dispatch`: the one decision kernel vs reference (imports no Triton, so the modules of
+  ``fastscarlet.blocks`` import it unconditionally); :mod:`.aot`: sm_90 compilation checks without
+  a GPU; :mod:`.testing`: the error budget used by the tests.
+
+Importing this package never fails: Triton is imported only by the kernel modules, which the
+modules load when :func:`~fastscarlet.kernels.dispatch.use_kernels` says so.
 """

@@ -67,6 +67,11 @@ def launch(
     if recorder is not None:
         recorder.append(Launch(kernel, grid, args, constexprs, num_warps, num_stages))
         return
+    dev = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+    if dev is not None and dev.type == "cuda" and dev.index != torch.cuda.current_device():
+        with torch.cuda.device(dev):  # Triton launches on the current device, not the tensors'
+            kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
+        return
     kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
 
 

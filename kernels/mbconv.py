@@ -555,17 +555,18 @@ def _se_mlp_bwd(
     dispatch key."""
     w1, b1 = _w2d(sw1).float(), sb1.float()
     w2, b2 = _w2d(sw2).float(), sb2.float()
-    s_pre = F.linear(m, w1, b1)
-    s = act_ref(s_pre, se_act)
-    dg_pre = dgate * act_grad_ref(F.linear(s, w2, b2), se_gate)
-    ds_pre = (dg_pre @ w2) * act_grad_ref(s_pre, se_act)
-    return (
-        ds_pre @ w1,
-        (ds_pre.t() @ m).view(sw1.shape),
-        ds_pre.sum(0),
-        (dg_pre.t() @ s).view(sw2.shape),
-        dg_pre.sum(0),
-    )
+    with torch.autocast(m.device.type, enabled=False):  # fp32 even if the backward runs under AMP
+        s_pre = F.linear(m, w1, b1)
+        s = act_ref(s_pre, se_act)
+        dg_pre = dgate * act_grad_ref(F.linear(s, w2, b2), se_gate)
+        ds_pre = (dg_pre @ w2) * act_grad_ref(s_pre, se_act)
+        return (
+            ds_pre @ w1,
+            (ds_pre.t() @ m).view(sw1.shape),
+            ds_pre.sum(0),
+            (dg_pre.t() @ s).view(sw2.shape),
+            dg_pre.sum(0),
+        )
 
 
 def _mbconv_train_bwd_impl(
@@ -858,8 +859,14 @@ def unsupported_reason(block: nn.Module, se: nn.Module | None, x: torch.Tensor) 
     frozen_bn_grad = not block.training and torch.is_grad_enabled()
     if frozen_bn_grad and (x.requires_grad or any(p.requires_grad for p in block.parameters())):
         return "eval-mode BN with gradients enabled (run inference under torch.no_grad())"
-    if block.training and x.shape[0] * x.shape[2] * x.shape[3] <= 1:
-        return "training BN needs more than one value per channel"
+    if block.training:
+        es, s = ex.stride[0], dw.stride[0]
+        ho, wo = (
+            dw_out_size(dw_out_size(x.shape[2], es), s),
+            dw_out_size(dw_out_size(x.shape[3], es), s),
+        )
+        if x.shape[0] * ho * wo <= 1:  # PyTorch raises for this; let the reference say so
+            return "training BN needs more than one value per channel"
     if se is not None:
         if module_act_name(se.act) not in KERNEL_ACTS:
             return f"SE squeeze activation {type(se.act).__name__}"
