@@ -119,8 +119,11 @@ def traffic(layer: Layer, batch: int) -> tuple[float, float]:
 
     inference, no SE (fused dw + project):  x + 2 h1 + y (+ y residual)
     inference, SE (h2 written once):        x + 2 h1 + 2 h2 + y (+ y)
-    training forward:                       x + 2 h1 + (2 + SE) h2 + 3 y (+ y)
-    training backward:                      2 x + 6 h1 + 5 h2 + 4 y (+ y) (+ 2 y + h2 unfused dW3)
+    training forward:                       3 x + 2 h1 + (2 + SE) h2 + 3 y (+ y)
+    training backward:                      4 x + 3 h1 + 6 h2 + 4 y (+ y) (+ 2 y + h2 unfused dW3)
+
+    (training: BN1's statistics come from the Gram matrix of x, so the expand conv writes the
+    activated ``h1`` directly and the backward rebuilds the expand output from ``x``.)
     """
     b = 2
     E = layer.cin * layer.expansion
@@ -131,8 +134,8 @@ def traffic(layer: Layer, batch: int) -> tuple[float, float]:
     res = y if (layer.stride == 1 and layer.cin == layer.cout) else 0
     fused_fwd = not layer.se and layer.cout <= 256
     fwd = x + 2 * h1 + (0 if fused_fwd else 2 * h2) + y + res
-    train_fwd = x + 2 * h1 + (3 if layer.se else 2) * h2 + 3 * y + res
-    train_bwd = 2 * x + 6 * h1 + 5 * h2 + 4 * y + res + (2 * y + h2 if layer.cout > 128 else 0)
+    train_fwd = 3 * x + 2 * h1 + (3 if layer.se else 2) * h2 + 3 * y + res
+    train_bwd = 4 * x + 3 * h1 + 6 * h2 + 4 * y + res + (2 * y + h2 if layer.cout > 128 else 0)
     return fwd, train_fwd + train_bwd
 
 

@@ -173,11 +173,11 @@ def record_block(
     cfg = (stride, expand_stride, act, *names, residual)
     with record_launches() as launches:
         if training:
-            y, z1, z2, z3, stats, se_buf = _mbconv_train_fwd_impl(
+            y, z2, z3, stats, se_buf = _mbconv_train_fwd_impl(
                 x, w1, v_h, v_h, wdw, v_h, v_h, w3, v_o, v_o, *sew, *cfg, 1e-5, 1e-5, 1e-5
             )
             _mbconv_train_bwd_impl(
-                torch.empty_like(y), x, z1, z2, z3, stats, se_buf, w1, v_h, wdw, v_h, w3, v_o,
+                torch.empty_like(y), x, z2, z3, stats, se_buf, w1, v_h, wdw, v_h, w3, v_o,
                 *sew, *cfg, True,
             )  # fmt: skip
         else:

@@ -17,8 +17,9 @@ consumer kernels apply in their prologues. The var = E[z^2] - mean^2 form loses 
 |mean| >> std; after a conv the channel means are within a few std of 0 (at |mean| = 10 std the
 relative error of var is ~1e-5 in fp32), which is well inside the bf16 budget.
 
-Kernels here: :func:`_bn_train_finalize_kernel`, :func:`_bn_bwd_coef_kernel` (both one program
-per 1024 channels), :func:`_bn_bwd_reduce_kernel` (the two backward sums of a tensor that no
+Kernels here: :func:`_bn_train_finalize_kernel`, :func:`_bn_gram_finalize_kernel` (the same from
+the Gram matrix of the conv's input, for the BN after the expand conv), :func:`_bn_bwd_coef_kernel`
+(tiny), :func:`_bn_bwd_reduce_kernel` (the two backward sums of a tensor that no
 kernel produced in-epilogue: the block output's ``dy``), :func:`_affine_act_kernel` (the block's
 last BN + residual, or the SE pooling of ``act(BN(z))``) and :func:`_bn_bwd_apply_kernel` (``dz``
 of the depthwise output, with the SE pooling term).
@@ -58,6 +59,49 @@ def _bn_train_finalize_kernel(
     tl.store(out_ptr + 2 * C + c, scale, mask=ok)
     tl.store(out_ptr + 3 * C + c, beta - mean * scale, mask=ok)
     tl.store(out_ptr + 4 * C + c, var * (count / (count - 1.0)), mask=ok)
+
+
+@triton.jit
+def _bn_gram_finalize_kernel(
+    g_ptr, w_ptr, gamma_ptr, beta_ptr, out_ptr, E, CIN, count, eps,
+    BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Training-BN statistics of ``z = x W^T`` *before* ``z`` exists, from the Gram matrix of the
+    input ``G = [x, 1]^T x`` (``[CIN + 1, CIN]``, last row the column sums ``s``):
+    ``mean_e = w_e . s / M``, ``E[z_e^2] = w_e^T G w_e / M`` (performance.md 2.5 (iii)). Writes
+    the same ``[5, E]`` rows as :func:`_bn_train_finalize_kernel`."""
+    e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+    e_ok = e < E
+    sq = tl.zeros([BLOCK_E], dtype=tl.float32)
+    mu = tl.zeros([BLOCK_E], dtype=tl.float32)
+    for j0 in range(0, CIN, BLOCK_C):
+        j = j0 + tl.arange(0, BLOCK_C)
+        j_ok = j < CIN
+        t = tl.zeros([BLOCK_E, BLOCK_C], dtype=tl.float32)
+        for k0 in range(0, CIN, BLOCK_C):
+            kk = k0 + tl.arange(0, BLOCK_C)
+            k_ok = kk < CIN
+            wk = tl.load(w_ptr + e[:, None] * CIN + kk[None, :], mask=e_ok[:, None] & k_ok[None, :],
+                         other=0.0)  # fmt: skip
+            gk = tl.load(g_ptr + kk[:, None] * CIN + j[None, :], mask=k_ok[:, None] & j_ok[None, :],
+                         other=0.0)  # fmt: skip
+            t = tl.dot(wk.to(tl.float32), gk, t, input_precision="ieee")
+        wj = tl.load(w_ptr + e[:, None] * CIN + j[None, :], mask=e_ok[:, None] & j_ok[None, :],
+                     other=0.0).to(tl.float32)  # fmt: skip
+        sq += tl.sum(t * wj, axis=1)
+        s = tl.load(g_ptr + CIN * CIN + j, mask=j_ok, other=0.0)
+        mu += tl.sum(wj * s[None, :], axis=1)
+    gamma = tl.load(gamma_ptr + e, mask=e_ok, other=1.0).to(tl.float32)
+    beta = tl.load(beta_ptr + e, mask=e_ok, other=0.0).to(tl.float32)
+    mean = mu / count
+    var = tl.maximum(sq / count - mean * mean, 0.0)
+    rstd = tl.rsqrt(var + eps)
+    scale = gamma * rstd
+    tl.store(out_ptr + e, mean, mask=e_ok)
+    tl.store(out_ptr + E + e, rstd, mask=e_ok)
+    tl.store(out_ptr + 2 * E + e, scale, mask=e_ok)
+    tl.store(out_ptr + 3 * E + e, beta - mean * scale, mask=e_ok)
+    tl.store(out_ptr + 4 * E + e, var * (count / (count - 1.0)), mask=e_ok)
 
 
 @triton.jit
@@ -182,6 +226,22 @@ def bn_train_finalize(
     return out
 
 
+def bn_gram_finalize(
+    gram: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+    out: torch.Tensor, count: int, eps: float,
+) -> torch.Tensor:  # fmt: skip
+    """``gram [Cin + 1, Cin]`` of the input and ``weight [E, Cin]`` -> ``out [5, E]`` (as
+    :func:`bn_train_finalize`) for the BN after the 1x1 conv ``x W^T``."""
+    E, cin = weight.shape
+    be = 16 if interpreting(gram.device) else 64
+    launch(
+        _bn_gram_finalize_kernel, (cdiv(E, be),), gram, weight, gamma, beta, out, E, cin,
+        float(count), float(eps), BLOCK_E=be, BLOCK_C=clamp_pow2(cin, 16, 32), num_warps=4,
+        num_stages=1,
+    )  # fmt: skip
+    return out
+
+
 def bn_bwd_coef(
     sums: torch.Tensor, stats: torch.Tensor, gamma: torch.Tensor, coef: torch.Tensor,
     dgamma: torch.Tensor, dbeta: torch.Tensor, count: int,
@@ -297,5 +357,6 @@ __all__ = [
     "bn_bwd_apply",
     "bn_bwd_coef",
     "bn_bwd_reduce",
+    "bn_gram_finalize",
     "bn_train_finalize",
 ]

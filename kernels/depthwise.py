@@ -3,9 +3,10 @@
 ``out[n, ho, wo, c] = sum_{i,j < k} in[n, ho*s + i - k//2, wo*s + j - k//2, c] * w[c, i, j]``,
 zero outside the image. ``Ho = (H - 1) // s + 1`` (odd k).
 
-* :func:`_dw_conv_fwd_kernel`: output-stationary. Prologue ``act(v * a[c] + b[c])`` on every tap
-  (the producer's training-mode BN + activation, *then* the zero padding, as in PyTorch where the
-  conv pads the activated tensor). Epilogue: BN-eval affine folded in-kernel, activation, and any
+* :func:`_dw_conv_fwd_kernel`: output-stationary. Optional prologue ``act(v * a[c] + b[c])`` on
+  every tap (the producer's training-mode BN + activation, *then* the zero padding, as in PyTorch
+  where the conv pads the activated tensor); it costs ~7 ALU ops per tap, so the training block
+  applies BN1 in a pass of its own instead (see :mod:`fastscarlet.kernels.mbconv`). Epilogue: BN-eval affine folded in-kernel, activation, and any
   of: store, BN statistics (sum, sum of squares per channel), SE pooling (per image and channel).
 * :func:`_dw_conv_bwd_kernel`: input-stationary, so the input gradient needs no atomics:
   ``dx[n, hi, wi, c] = sum_{i,j} dz[n, (hi + p - i)/s, (wi + p - j)/s, c] * w[c, i, j]`` over the
@@ -30,6 +31,7 @@ from torch.nn import functional as F
 
 from .activations import act_code, act_fwd, act_grad
 from .launch import cdiv, interpreting, launch, next_pow2, num_sms, split_for
+from .pointwise import expand_tile
 
 EPI_NONE, EPI_BN_EVAL = 0, 2
 
@@ -118,18 +120,20 @@ def _dw_conv_fwd_kernel(
 @triton.jit
 def _dw_conv_bwd_kernel(
     dz_ptr, z_ptr, w_ptr, dx_ptr, dw_ptr, sums_ptr,
-    sa_ptr, sb_ptr, mean_ptr, rstd_ptr,
-    N, C, H, W, Ho, Wo, IMG_IN, IMG_OUT, TILES_W, TILES_PER_CLASS, IMGS,
+    sa_ptr, sb_ptr, mean_ptr, rstd_ptr, x_ptr, w1_ptr,
+    N, C, H, W, Ho, Wo, IMG_IN, IMG_OUT, TILES_W, TILES_PER_CLASS, IMGS, CIN, Hx, Wx, IMG_X,
     KSIZE: tl.constexpr, STRIDE: tl.constexpr, PRO: tl.constexpr, PRO_ACT: tl.constexpr,
     BN_SUMS: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
-    KK_PAD: tl.constexpr,
+    KK_PAD: tl.constexpr, XS: tl.constexpr, BLOCK_CIN: tl.constexpr, DOT_F32: tl.constexpr,
 ):  # fmt: skip
     """Input gradient and weight gradient of the depthwise conv, for the input pixels
     ``(a*s + ph, b*s + pw)`` of one tile of the parity class ``(ph, pw)``.
 
     With ``PRO`` the conv input was ``act(u)``, ``u = z * sa + sb`` (training BN + activation):
     the kernel writes ``du = dx * act'(u)`` and, with ``BN_SUMS``, adds ``sum du`` and
-    ``sum du * (z - mean) * rstd`` per channel for the BN backward. Tap ``(i, j)`` reads output
+    ``sum du * (z - mean) * rstd`` per channel for the BN backward. ``PRO == 1`` reads ``z``;
+    ``PRO == 2`` rebuilds it as the expand conv's output ``x W1^T`` (``x`` sampled with stride
+    ``XS``) on the tensor cores, so the training block never stores ``z1``. Tap ``(i, j)`` reads output
     pixel ``(a + (ph + p - i)/s, b + (pw + p - j)/s)``: the tile's ``(a, b)`` offsets plus a
     scalar, as in the forward kernel.
     """
@@ -154,10 +158,11 @@ def _dw_conv_bwd_kernel(
     c_ok = c < C
     im = in_ok[:, None] & c_ok[None, :]
     in_offs = ((hi * W + wi) * C)[:, None] + c[None, :]
+    x_rows = hi * XS * Wx + wi * XS  # PRO == 2: the expand input's pixel, inside one image
     out_offs = ((ta * Wo + tb) * C)[:, None] + c[None, :]
     kk = tl.arange(0, KK_PAD)
     dwacc = tl.zeros([KK_PAD, BLOCK_C], dtype=tl.float32)
-    if PRO == 1:
+    if PRO != 0:
         sa = tl.load(sa_ptr + c, mask=c_ok, other=0.0)
         sb = tl.load(sb_ptr + c, mask=c_ok, other=0.0)
     if BN_SUMS:
@@ -168,8 +173,12 @@ def _dw_conv_bwd_kernel(
     n0 = pid_g * IMGS
     for n in range(n0, tl.minimum(n0 + IMGS, N)):
         n64 = tl.cast(n, tl.int64)
-        zv = tl.load(z_ptr + n64 * IMG_IN + in_offs, mask=im, other=0.0).to(tl.float32)
-        if PRO == 1:
+        if PRO == 2:
+            xb = x_ptr + n64 * IMG_X
+            zv = expand_tile(xb, w1_ptr, x_rows, in_ok, c, c_ok, CIN, BLOCK_CIN, DOT_F32)
+        else:
+            zv = tl.load(z_ptr + n64 * IMG_IN + in_offs, mask=im, other=0.0).to(tl.float32)
+        if PRO != 0:
             u = zv * sa[None, :] + sb[None, :]
             a_in = tl.where(im, act_fwd(u, PRO_ACT), 0.0)
         else:
@@ -194,7 +203,7 @@ def _dw_conv_bwd_kernel(
                         da += g * wv.to(tl.float32)[None, :]
                         tap = tl.sum(g * a_in, axis=0)
                         dwacc = tl.where(kk[:, None] == i * KSIZE + j, dwacc + tap[None, :], dwacc)
-        if PRO == 1:
+        if PRO != 0:
             da = tl.where(im, da * act_grad(u, PRO_ACT), 0.0)
         tl.store(dx_ptr + n64 * IMG_IN + in_offs, da, mask=im)
         if BN_SUMS:
@@ -290,7 +299,7 @@ def dw_conv_fwd(
 
 def dw_conv_bwd(
     dz: torch.Tensor,
-    z: torch.Tensor,
+    z: torch.Tensor | None,
     weight: torch.Tensor,
     geom: tuple[int, int, int],
     stride: int,
@@ -300,22 +309,24 @@ def dw_conv_bwd(
     pro_vecs: tuple[torch.Tensor, torch.Tensor] | None = None,
     pro_act: str = "none",
     bn_sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    rebuild: tuple[torch.Tensor, torch.Tensor, int, int, int] | None = None,
 ) -> None:
     """Launch :func:`_dw_conv_bwd_kernel`.
 
     Args:
         dz: ``[N*Ho*Wo, C]`` gradient of the conv output; z: ``[N*H*W, C]`` the conv input (before
-            the prologue ``act(z*scale + shift)`` when ``pro_vecs`` is given).
+            the prologue ``act(z*scale + shift)`` when ``pro_vecs`` is given), or None with
+            ``rebuild = (x [N*Hx*Wx, Cin], W1 [C, Cin], Hx, Wx, xs)``: ``z = x_s W1^T`` rebuilt.
         dx: ``[N*H*W, C]`` receives the input gradient (``du`` w.r.t. the prologue's ``u`` when
             ``pro_vecs`` is given). dw: fp32 ``[C, k*k]`` zeroed, receives the weight gradient.
         bn_sums: ``(sums [2, C] zeroed fp32, mean, rstd)``: adds ``sum du`` and
             ``sum du * (z - mean) * rstd``.
     """
     N, H, W = geom
-    C = z.shape[1]
+    C = dx.shape[1]
     k = weight.shape[-1]
     Ho, Wo = dw_out_size(H, stride), dw_out_size(W, stride)
-    dev = z.device
+    dev = dx.device
     th_, tw_ = _tiles(dev)
     tiles_w = cdiv(cdiv(W, stride), tw_)
     per_class = cdiv(cdiv(H, stride), th_) * tiles_w
@@ -326,16 +337,25 @@ def dw_conv_bwd(
         bc = channel_block(C, (32, 16))
         groups = split_for(N, tiles * cdiv(C, bc), 16 * num_sms(dev))
         imgs = cdiv(N, groups)
-    pv = pro_vecs if pro_vecs is not None else (z, z)
-    bs = bn_sums if bn_sums is not None else (z, z, z)
+    pv = pro_vecs if pro_vecs is not None else (dx, dx)
+    bs = bn_sums if bn_sums is not None else (dx, dx, dx)
+    if rebuild is not None:
+        x, w1, hx, wx, xs = rebuild
+        cin, pro = x.shape[1], 2
+    else:
+        x, w1, hx, wx, xs, cin = dx, dx, 1, 1, 1, 1
+        pro = 1 if pro_vecs is not None else 0
     launch(
         _dw_conv_bwd_kernel,
         (tiles, cdiv(N, imgs), cdiv(C, bc)),
-        dz, z, weight, dx, dw, bs[0], pv[0], pv[1], bs[1], bs[2],
-        N, C, H, W, Ho, Wo, H * W * C, Ho * Wo * C, tiles_w, per_class, imgs,
-        KSIZE=k, STRIDE=stride, PRO=1 if pro_vecs is not None else 0, PRO_ACT=act_code(pro_act),
+        dz, z if z is not None else dx, weight, dx, dw, bs[0], pv[0], pv[1], bs[1], bs[2], x, w1,
+        N, C, H, W, Ho, Wo, H * W * C, Ho * Wo * C, tiles_w, per_class, imgs, cin, hx, wx,
+        hx * wx * cin,
+        KSIZE=k, STRIDE=stride, PRO=pro, PRO_ACT=act_code(pro_act),
         BN_SUMS=bn_sums is not None, TILE_H=th_, TILE_W=tw_, BLOCK_C=bc,
-        KK_PAD=max(16, next_pow2(k * k)), num_warps=4, num_stages=1,
+        # the z1 rebuild adds a [64, BLOCK_CIN] x tile: at 32 the k = 7 kernel spilled 92 B
+        KK_PAD=max(16, next_pow2(k * k)), XS=xs, BLOCK_CIN=16,
+        DOT_F32=x.dtype == torch.float32, num_warps=8 if pro == 2 else 4, num_stages=1,
     )  # fmt: skip
 
 

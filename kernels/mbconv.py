@@ -24,24 +24,39 @@ needs a CTA barrier that Triton's pipeliner does not order. Recorded as the next
 **Training** (BN with batch statistics; statistics summed in epilogues, normalisation applied in
 the next kernel's prologue, see :mod:`fastscarlet.kernels.batchnorm`):
 
-forward (8 launches + 3 with SE; ``z*`` are the raw conv outputs, kept for the backward)
-  1. ``z1 = x W1^T`` + sums of z1                      (pw GEMM, stats epilogue)
-  2. BN1 finalize                                       (tiny)
-  3. ``z2 = dw(act(BN1(z1)))`` + sums of z2            (dw, prologue BN1+act per tap)
-  4. BN2 finalize
-  5. [SE] pool ``mean_hw act(BN2(z2))``; 2 SE convs -> gate ``g [N, E]``
-  6. ``z3 = (act(BN2(z2)) * g) W3^T`` + sums of z3      (pw GEMM, prologue BN2+act+gate)
-  7. BN3 finalize
-  8. ``y = BN3(z3) (+ x)``                              (elementwise)
+forward (9 launches + 3 with SE; ``z2``, ``z3`` are raw conv outputs kept for the backward)
+  1. ``G = [x, 1]^T x``: Gram matrix and column sums of the expand input   (wgrad GEMM, tiny out)
+  2. BN1 statistics of ``z1 = x W1^T`` from ``G``                           (tiny)
+  3. ``a1 = act(BN1(x W1^T))``                          (pw GEMM, BN1 + act epilogue; transient)
+  4. ``z2 = dw(a1)`` + sums of z2                       (dw, stats epilogue)
+  5. BN2 finalize
+  6. [SE] pool ``mean_hw act(BN2(z2))``; 2 SE convs -> gate ``g [N, E]``
+  7. ``z3 = (act(BN2(z2)) * g) W3^T`` + sums of z3      (pw GEMM, prologue BN2+act+gate)
+  8. BN3 finalize
+  9. ``y = BN3(z3) (+ x)``                              (elementwise)
 backward (10 launches + the SE MLP's few tiny ones)
   1. sums of ``dy`` and ``dy * xhat3``; 2. BN3 coefficients (``dz3 = A dy + B z3 + C``)
   3. :func:`_project_bwd_kernel`: ``dA = dz3 W3`` (dz3 rebuilt in the prologue), the SE gate
      gradient and the SE/BN2 sums in the epilogue, ``du2 = dA * g * act'(u2)`` stored, and
      ``dW3 = dz3^T (a2 * g)`` from the same tiles when ``Cout <= 128`` (else a wgrad launch)
-  4. [SE MLP backward: ``[N, E]`` tensors, plain PyTorch autograd]; 5. BN2 coefficients
-  6. ``dz2`` (elementwise, in place), 7. :func:`dw_conv_bwd` (input and weight gradient, ``du1``
-     and the BN1 sums in its epilogue), 8. BN1 coefficients,
-  9. ``dx = dz1 W1 (+ dy)``, 10. ``dW1 = dz1^T x`` (both rebuild ``dz1`` in the prologue)
+  4. [SE MLP backward: ``[N, E]`` tensors, plain PyTorch]; 5. BN2 coefficients
+  6. ``dz2`` (elementwise, in place), 7. :func:`dw_conv_bwd` (input and weight gradient, with
+     ``z1 = x W1^T`` rebuilt on the tensor cores per input tile and ``a1 = act(BN1(z1))`` from it;
+     ``du1`` and the BN1 sums in its epilogue), 8. BN1 coefficients,
+  9. ``dx = dz1 W1 (+ dy)``, 10. ``dW1 = dz1^T x`` (both rebuild ``dz1 = A1 du1 + B1 z1 + C1``,
+     with ``z1`` from ``x`` again, in the prologue)
+
+Why BN1's statistics come from the Gram matrix (performance.md 2.5 (iii)): the alternative, sums of
+``z1`` in the expand epilogue and ``act(BN1(.))`` in the next kernel's prologue, puts that prologue
+in the depthwise conv, which would redo it for each of the k^2 taps that read an element: ~7 extra
+ALU ops per tap (convert, FMA, h-swish, select) on top of the conv's FMA, ~3x its ALU time (at
+56x56, E = 192, k = 5, batch 256: ~0.8 ms against 0.18 ms for a separate ``z1 -> a1`` pass at
+3.35 TB/s). With ``mean = W1 s / M`` and ``E[z1^2] = diag(W1 G W1^T) / M`` known before the expand
+GEMM runs (``G`` costs one read of ``x``, which is ``E / Cin`` = 3-6x smaller than ``z1``), the
+expand epilogue writes ``a1`` directly, ``z1`` is never stored, and the backward reads ``x``
+instead of ``z1`` three times: per training step the block moves 5 ``|z1|`` fewer bytes
+(1.5 GB, 0.46 ms of HBM time at 56x56, E = 192, batch 256, bf16) for 2 more reads of ``x``. The statistics match those of the stored
+``z1`` up to fp32 rounding (the reference computes them from the rounded bf16 ``z1``).
 
 BN running statistics are updated as ``nn.BatchNorm2d`` does (biased variance normalises,
 unbiased variance and ``momentum`` update the buffers, ``num_batches_tracked += 1``).
@@ -54,6 +69,7 @@ reference. :func:`mbconv_block_forward` runs a :class:`fastscarlet.blocks.MBConv
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -74,11 +90,20 @@ from .batchnorm import (
     bn_bwd_apply,
     bn_bwd_coef,
     bn_bwd_reduce,
+    bn_gram_finalize,
     bn_train_finalize,
 )
 from .depthwise import dw_conv_bwd, dw_conv_fwd, dw_out_size
 from .launch import cdiv, clamp_pow2, interpreting, launch, next_pow2, num_sms, split_for
-from .pointwise import EPI_BIAS, EPI_BN_EVAL, PRO_AFFINE, PRO_BN_BWD, pw_conv_fwd, pw_conv_wgrad
+from .pointwise import (
+    EPI_AFFINE,
+    EPI_BIAS,
+    EPI_BN_EVAL,
+    PRO_AFFINE,
+    PRO_BN_BWD_X,
+    pw_conv_fwd,
+    pw_conv_wgrad,
+)
 
 KERNEL_ACTS = ("relu", "relu6", "hswish", "swish")
 SE_GATES = ("hsigmoid", "sigmoid")
@@ -496,25 +521,34 @@ def _mbconv_train_fwd_impl(
     sw1: torch.Tensor | None, sb1: torch.Tensor | None, sw2: torch.Tensor | None,
     sb2: torch.Tensor | None, stride: int, expand_stride: int, act: str, se_act: str,
     se_gate: str, residual: bool, eps1: float, eps2: float, eps3: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     g = _geom(x, w1, w3, stride, expand_stride)
-    dev, dt, E = x.device, x.dtype, g.hidden
+    dev, dt, E, cin = x.device, x.dtype, g.hidden, g.cin
     f32 = dict(dtype=torch.float32, device=dev)
     xr = _rows(x)
-    sums = torch.zeros(4 * E + 2 * g.cout, **f32)  # one memset for the three BNs' sums
-    s1, s2, s3 = sums[: 2 * E], sums[2 * E : 4 * E], sums[4 * E :]
+    grid1 = (g.N, g.Hs, g.Ws, g.H, g.W)  # the expand conv's output grid and its input's size
+    # One memset for every atomic accumulator: the Gram matrix [x, 1]^T x of the expand input,
+    # the sums of z2 and z3.
+    acc = torch.zeros((cin + 1) * cin + 2 * E + 2 * g.cout, **f32)
+    gram = acc[: (cin + 1) * cin].view(cin + 1, cin)
+    s2, s3 = acc[(cin + 1) * cin :][: 2 * E], acc[(cin + 1) * cin + 2 * E :]
     stats = torch.empty(STAT_ROWS * (2 * E + g.cout), **f32)
     st1, st2, st3 = _stat_blocks(stats, E, g.cout)
-    z1 = torch.empty((g.P1, E), dtype=dt, device=dev)
-    pw_conv_fwd(
-        xr, _w2d(w1), z1, geom=(g.N, g.Hs, g.Ws, g.H, g.W), in_stride=expand_stride, stats=s1
-    )
-    bn_train_finalize(s1, g1, b1, st1, g.P1, eps1)
-    z2 = torch.empty((g.P2, E), dtype=dt, device=dev)
-    dw_conv_fwd(
-        z1, wdw, (g.N, g.Hs, g.Ws), stride, out=z2, pro_vecs=(st1[SCALE], st1[SHIFT]),
-        pro_act=act, stats=s2,
+    # BN1 statistics before the expand conv runs (mean = W1 s / M, E[z^2] = w^T G w / M), so its
+    # epilogue writes a1 = act(BN1(x W1^T)) directly: z1 never exists (see "BN1" above).
+    pw_conv_wgrad(
+        xr, xr, gram, geom=grid1, a_stride=expand_stride, a_hw=(g.H, g.W), b_stride=expand_stride,
+        append_one=True,
     )  # fmt: skip
+    bn_gram_finalize(gram, _w2d(w1), g1, b1, st1, g.P1, eps1)
+    a1 = torch.empty((g.P1, E), dtype=dt, device=dev)
+    pw_conv_fwd(
+        xr, _w2d(w1), a1, geom=grid1, in_stride=expand_stride, epi=EPI_AFFINE,
+        epi_vecs=(st1[SCALE], st1[SHIFT]), epi_act=act,
+    )  # fmt: skip
+    z2 = torch.empty((g.P2, E), dtype=dt, device=dev)
+    dw_conv_fwd(a1, wdw, (g.N, g.Hs, g.Ws), stride, out=z2, stats=s2)
+    del a1  # transient: the backward rebuilds it from x inside the depthwise backward
     bn_train_finalize(s2, g2, b2, st2, g.P2, eps2)
     gate = None
     if sw1 is not None:
@@ -535,7 +569,7 @@ def _mbconv_train_fwd_impl(
         z3, st3[SCALE], st3[SHIFT], (g.N, g.Ho * g.Wo), out=_rows(y),
         residual=xr if residual else None,
     )  # fmt: skip
-    return y, z1, z2, z3, stats, se_buf
+    return y, z2, z3, stats, se_buf
 
 
 def _se_mlp_bwd(
@@ -555,7 +589,9 @@ def _se_mlp_bwd(
     dispatch key."""
     w1, b1 = _w2d(sw1).float(), sb1.float()
     w2, b2 = _w2d(sw2).float(), sb2.float()
-    with torch.autocast(m.device.type, enabled=False):  # fp32 even if the backward runs under AMP
+    # fp32 even if the backward runs under AMP
+    no_amp = torch.autocast("cuda", enabled=False) if m.is_cuda else contextlib.nullcontext()
+    with no_amp:
         s_pre = F.linear(m, w1, b1)
         s = act_ref(s_pre, se_act)
         dg_pre = dgate * act_grad_ref(F.linear(s, w2, b2), se_gate)
@@ -570,7 +606,7 @@ def _se_mlp_bwd(
 
 
 def _mbconv_train_bwd_impl(
-    dy: torch.Tensor, x: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, z3: torch.Tensor,
+    dy: torch.Tensor, x: torch.Tensor, z2: torch.Tensor, z3: torch.Tensor,
     stats: torch.Tensor, se_buf: torch.Tensor, w1: torch.Tensor, g1: torch.Tensor,
     wdw: torch.Tensor, g2: torch.Tensor, w3: torch.Tensor, g3: torch.Tensor,
     sw1: torch.Tensor | None, sb1: torch.Tensor | None, sw2: torch.Tensor | None,
@@ -629,29 +665,33 @@ def _mbconv_train_bwd_impl(
     bn_bwd_coef(r2, st2, g2, c2, dg2, db2, g.P2)
     dz2 = du2  # in place
     bn_bwd_apply(du2, z2, c2, dz2, HW2, se_term=se_term, act=act)
-    # depthwise: input gradient (-> du1 through act and BN1's affine) and weight gradient
+    # depthwise: input gradient (-> du1 through act and BN1's affine) and weight gradient, with
+    # z1 = x W1^T rebuilt per tile from x (never stored)
+    xr, w1r = _rows(x), _w2d(w1)
     du1 = torch.empty((g.P1, E), dtype=x.dtype, device=dev)
     dw_conv_bwd(
-        dz2, z1, wdw, (g.N, g.Hs, g.Ws), stride, du1, dwdw, pro_vecs=(st1[SCALE], st1[SHIFT]),
+        dz2, None, wdw, (g.N, g.Hs, g.Ws), stride, du1, dwdw, pro_vecs=(st1[SCALE], st1[SHIFT]),
         pro_act=act, bn_sums=(r1, st1[MEAN], st1[RSTD]),
+        rebuild=(xr, w1r, g.H, g.W, expand_stride),
     )  # fmt: skip
     bn_bwd_coef(r1, st1, g1, c1, dg1, db1, g.P1)
-    # expand: dx = dz1 W1 (+ dy), dW1 = dz1^T x, with dz1 = A1 du1 + B1 z1 + C1 rebuilt twice
+    # expand: dx = dz1 W1 (+ dy), dW1 = dz1^T x, dz1 = A1 du1 + B1 z1 + C1 with z1 rebuilt again
     if need_dx:
         if expand_stride == 1:
             dx = _empty_cl(g.N, g.cin, g.H, g.W, x)
         else:  # a strided 1x1 conv never reads the skipped pixels
             dx = torch.zeros_like(x, memory_format=torch.channels_last)
         pw_conv_fwd(
-            du1, _w2d(w1), _rows(dx), geom=(g.N, g.Hs, g.Ws, g.Hs, g.Ws),
-            out_stride=expand_stride, out_hw=(g.H, g.W), weight_transposed=True, pro=PRO_BN_BWD,
-            pro_vecs=(c1[0], c1[1], c1[2]), z=z1, residual=dyr if residual else None,
+            du1, w1r, _rows(dx), geom=(g.N, g.Hs, g.Ws, g.Hs, g.Ws), out_stride=expand_stride,
+            out_hw=(g.H, g.W), weight_transposed=True, pro=PRO_BN_BWD_X,
+            pro_vecs=(c1[0], c1[1], c1[2]), z=xr, z_weight=w1r,
+            residual=dyr if residual else None,
         )  # fmt: skip
     else:
         dx = torch.empty(0, dtype=x.dtype, device=dev)
     pw_conv_wgrad(
-        du1, _rows(x), dw1, geom=(g.N, g.Hs, g.Ws, g.H, g.W), b_stride=expand_stride,
-        pro_a_vecs=(c1[0], c1[1], c1[2]), z=z1,
+        du1, xr, dw1, geom=(g.N, g.Hs, g.Ws, g.H, g.W), b_stride=expand_stride,
+        pro_a_vecs=(c1[0], c1[1], c1[2]), z_weight=w1r,
     )  # fmt: skip
     return (
         dx, dw1, dg1, db1, dwdw, dg2, db2, dw3, dg3, db3,
@@ -695,9 +735,10 @@ def mbconv_train_fwd(
     x: _T, w1: _T, g1: _T, b1: _T, wdw: _T, g2: _T, b2: _T, w3: _T, g3: _T, b3: _T,
     sw1: _OT, sb1: _OT, sw2: _OT, sb2: _OT, stride: int, expand_stride: int, act: str,
     se_act: str, se_gate: str, residual: bool, eps1: float, eps2: float, eps3: float,
-) -> tuple[_T, _T, _T, _T, _T, _T]:  # fmt: skip
-    """Training MBConv forward. Returns ``(y, z1, z2, z3, stats, se_buf)``: the output, the raw
-    conv outputs ``[rows, C]`` kept for the backward, the packed BN statistics
+) -> tuple[_T, _T, _T, _T, _T]:  # fmt: skip
+    """Training MBConv forward. Returns ``(y, z2, z3, stats, se_buf)``: the output, the raw
+    depthwise and project conv outputs ``[rows, C]`` kept for the backward (the expand conv's
+    is rebuilt from ``x``), the packed BN statistics
     (``[3 BNs][STAT_ROWS, C]`` fp32) and ``[2, N, E]`` = (SE pooled mean, SE gate) or empty."""
     return _mbconv_train_fwd_impl(
         x, w1, g1, b1, wdw, g2, b2, w3, g3, b3, sw1, sb1, sw2, sb2, stride, expand_stride, act,
@@ -716,7 +757,6 @@ def _mbconv_train_fwd_fake(
     se = x.new_empty((2, g.N, E), dtype=torch.float32) if sw1 is not None else x.new_empty(0, **f32)
     return (
         _empty_cl(g.N, g.cout, g.Ho, g.Wo, x),
-        x.new_empty((g.P1, E)),
         x.new_empty((g.P2, E)),
         x.new_empty((g.P2, g.cout)),
         x.new_empty(STAT_ROWS * (2 * E + g.cout), **f32),
@@ -726,7 +766,7 @@ def _mbconv_train_fwd_fake(
 
 @torch.library.custom_op("fastscarlet::mbconv_train_bwd", mutates_args=())
 def mbconv_train_bwd(
-    dy: _T, x: _T, z1: _T, z2: _T, z3: _T, stats: _T, se_buf: _T, w1: _T, g1: _T, wdw: _T,
+    dy: _T, x: _T, z2: _T, z3: _T, stats: _T, se_buf: _T, w1: _T, g1: _T, wdw: _T,
     g2: _T, w3: _T, g3: _T, sw1: _OT, sb1: _OT, sw2: _OT, sb2: _OT, stride: int,
     expand_stride: int, act: str, se_act: str, se_gate: str, residual: bool, need_dx: bool,
 ) -> tuple[_T, _T, _T, _T, _T, _T, _T, _T, _T, _T, _T, _T, _T, _T]:  # fmt: skip
@@ -735,14 +775,14 @@ def mbconv_train_bwd(
     ``[E, k*k]`` (reshaped by the caller), SE ones empty without SE, ``dx`` empty unless
     ``need_dx``."""
     return _mbconv_train_bwd_impl(
-        dy, x, z1, z2, z3, stats, se_buf, w1, g1, wdw, g2, w3, g3, sw1, sb1, sw2, sb2, stride,
+        dy, x, z2, z3, stats, se_buf, w1, g1, wdw, g2, w3, g3, sw1, sb1, sw2, sb2, stride,
         expand_stride, act, se_act, se_gate, residual, need_dx,
     )  # fmt: skip
 
 
 @mbconv_train_bwd.register_fake
 def _mbconv_train_bwd_fake(
-    dy, x, z1, z2, z3, stats, se_buf, w1, g1, wdw, g2, w3, g3, sw1, sb1, sw2, sb2, stride,
+    dy, x, z2, z3, stats, se_buf, w1, g1, wdw, g2, w3, g3, sw1, sb1, sw2, sb2, stride,
     expand_stride, act, se_act, se_gate, residual, need_dx,
 ):  # fmt: skip
     E, cin, cout, k = w1.shape[0], w1.shape[1], w3.shape[0], wdw.shape[-1]
@@ -763,7 +803,7 @@ def _mbconv_train_bwd_fake(
 class MBConvTrainFunction(torch.autograd.Function):
     """Autograd over ``fastscarlet::mbconv_train_fwd`` / ``fastscarlet::mbconv_train_bwd``.
 
-    ``forward`` returns ``(y, stats, z1, z2, z3, se_buf)``; only ``y`` is differentiable, the rest
+    ``forward`` returns ``(y, stats, z2, z3, se_buf)``; only ``y`` is differentiable, the rest
     is kept for the backward (and ``stats`` for the running-statistics update)."""
 
     @staticmethod
@@ -771,30 +811,28 @@ class MBConvTrainFunction(torch.autograd.Function):
         x, w1, g1, b1, wdw, g2, b2, w3, g3, b3, sw1, sb1, sw2, sb2, stride, expand_stride, act,
         se_act, se_gate, residual, eps1, eps2, eps3,
     ):  # fmt: skip
-        y, z1, z2, z3, stats, se_buf = torch.ops.fastscarlet.mbconv_train_fwd(
+        y, z2, z3, stats, se_buf = torch.ops.fastscarlet.mbconv_train_fwd(
             x, w1, g1, b1, wdw, g2, b2, w3, g3, b3, sw1, sb1, sw2, sb2, stride, expand_stride,
             act, se_act, se_gate, residual, eps1, eps2, eps3,
         )  # fmt: skip
-        return y, stats, z1, z2, z3, se_buf
+        return y, stats, z2, z3, se_buf
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, w1, g1, _b1, wdw, g2, _b2, w3, g3, _b3, sw1, sb1, sw2, sb2 = inputs[:14]
         ctx.cfg = inputs[14:20]  # stride, expand_stride, act, se_act, se_gate, residual
-        _y, stats, z1, z2, z3, se_buf = output
+        _y, stats, z2, z3, se_buf = output
         ctx.has_se = sw1 is not None
-        ctx.save_for_backward(x, z1, z2, z3, stats, se_buf, w1, g1, wdw, g2, w3, g3, sw1, sb1,
+        ctx.save_for_backward(x, z2, z3, stats, se_buf, w1, g1, wdw, g2, w3, g3, sw1, sb1,
                               sw2, sb2)  # fmt: skip
-        ctx.mark_non_differentiable(stats, z1, z2, z3, se_buf)
+        ctx.mark_non_differentiable(stats, z2, z3, se_buf)
 
     @staticmethod
     def backward(ctx, dy, *_unused):
-        x, z1, z2, z3, stats, se_buf, w1, g1, wdw, g2, w3, g3, sw1, sb1, sw2, sb2 = (
-            ctx.saved_tensors
-        )
+        x, z2, z3, stats, se_buf, w1, g1, wdw, g2, w3, g3, sw1, sb1, sw2, sb2 = ctx.saved_tensors
         dy = dy.contiguous(memory_format=torch.channels_last)
         grads = torch.ops.fastscarlet.mbconv_train_bwd(
-            dy, x, z1, z2, z3, stats, se_buf, w1, g1, wdw, g2, w3, g3, sw1, sb1, sw2, sb2,
+            dy, x, z2, z3, stats, se_buf, w1, g1, wdw, g2, w3, g3, sw1, sb1, sw2, sb2,
             *ctx.cfg, ctx.needs_input_grad[0],
         )  # fmt: skip
         dx, dw1, dg1, db1, dwdw, dg2, db2, dw3, dg3, db3, dsw1, dsb1, dsw2, dsb2 = grads

@@ -41,8 +41,35 @@ from torch.nn import functional as F
 from .activations import act_code, act_fwd
 from .launch import cdiv, clamp_pow2, interpreting, launch, num_sms, split_for
 
-PRO_NONE, PRO_AFFINE, PRO_BN_BWD = 0, 1, 2
-EPI_NONE, EPI_BIAS, EPI_BN_EVAL = 0, 1, 2
+PRO_NONE, PRO_AFFINE, PRO_BN_BWD, PRO_BN_BWD_X, PRO_APPEND_ONE = 0, 1, 2, 3, 4
+EPI_NONE, EPI_BIAS, EPI_BN_EVAL, EPI_AFFINE = 0, 1, 2, 3
+
+
+@triton.jit
+def expand_tile(x_ptr, w_ptr, xrows, row_ok, k, k_ok, CIN, BLOCK_CIN: tl.constexpr,
+                DOT_F32: tl.constexpr):  # fmt: skip
+    """``z[i, j] = sum_c x[xrows[i], c] * W[k[j], c]`` (fp32): a tile of an expand conv's raw
+    output rebuilt from its input ``x [rows, CIN]`` and weight ``W [E, CIN]`` (contiguous).
+
+    The training backward rebuilds ``z1`` this way wherever it needs it instead of keeping the
+    ``P x E`` tensor: ``CIN`` MACs per value on the tensor cores against ``2 E`` bytes of HBM."""
+    z = tl.zeros((xrows.shape[0], k.shape[0]), dtype=tl.float32)
+    for c0 in range(0, CIN, BLOCK_CIN):
+        c = c0 + tl.arange(0, BLOCK_CIN)
+        c_ok = c < CIN
+        xv = tl.load(
+            x_ptr + xrows[:, None] * CIN + c[None, :],
+            mask=row_ok[:, None] & c_ok[None, :],
+            other=0.0,
+        )
+        wv = tl.load(
+            w_ptr + k[None, :] * CIN + c[:, None], mask=c_ok[:, None] & k_ok[None, :], other=0.0
+        )
+        if DOT_F32:
+            z = tl.dot(xv.to(tl.float32), wv.to(tl.float32), z, input_precision="ieee")
+        else:
+            z = tl.dot(xv, wv.to(x_ptr.dtype.element_ty), z)
+    return z
 
 
 @triton.jit
@@ -65,11 +92,11 @@ def _rows(p, HWc, Wc, Hx, Wx, STRIDE: tl.constexpr, WIDE: tl.constexpr):
 
 @triton.jit
 def _pw_conv_fwd_kernel(
-    a_ptr, z_ptr, w_ptr, out_ptr, res_ptr,
+    a_ptr, z_ptr, zw_ptr, w_ptr, out_ptr, res_ptr,
     pa_ptr, pb_ptr, pc_ptr, gate_ptr,
     ea_ptr, eb_ptr, ec_ptr, ed_ptr, stats_ptr,
-    P, K, NOUT, HWc, Wc, Hin, Win, Hout, Wout, stride_wn, stride_wk, eps,
-    PRO: tl.constexpr, PRO_ACT: tl.constexpr, GATE: tl.constexpr,
+    P, K, NOUT, HWc, Wc, Hin, Win, Hout, Wout, stride_wn, stride_wk, eps, CIN_Z,
+    PRO: tl.constexpr, PRO_ACT: tl.constexpr, GATE: tl.constexpr, BLOCK_CZ: tl.constexpr,
     EPI: tl.constexpr, EPI_ACT: tl.constexpr, RESIDUAL: tl.constexpr, STATS: tl.constexpr,
     IN_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr, DOT_F32: tl.constexpr, WIDE: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -85,6 +112,9 @@ def _pw_conv_fwd_kernel(
     kr = tl.arange(0, BLOCK_K)
     if EPI == 1:
         e_shift = tl.load(ea_ptr + o, mask=o_ok, other=0.0).to(tl.float32)
+    if EPI == 3:
+        e_scale = tl.load(ea_ptr + o, mask=o_ok, other=0.0)
+        e_shift = tl.load(eb_ptr + o, mask=o_ok, other=0.0)
     if EPI == 2:
         gamma = tl.load(ea_ptr + o, mask=o_ok, other=1.0).to(tl.float32)
         beta = tl.load(eb_ptr + o, mask=o_ok, other=0.0).to(tl.float32)
@@ -100,6 +130,7 @@ def _pw_conv_fwd_kernel(
         p = tile * BLOCK_P + tl.arange(0, BLOCK_P)
         p_ok = p < P
         rin = _rows(p, HWc, Wc, Hin, Win, IN_STRIDE, WIDE)
+        rout = _rows(p, HWc, Wc, Hout, Wout, OUT_STRIDE, WIDE)
         if GATE:
             img = p // HWc
         acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
@@ -118,6 +149,12 @@ def _pw_conv_fwd_kernel(
                 cb = tl.load(pb_ptr + k, mask=k_ok, other=0.0)
                 cc = tl.load(pc_ptr + k, mask=k_ok, other=0.0)
                 v = v.to(tl.float32) * ca[None, :] + zz.to(tl.float32) * cb[None, :] + cc[None, :]
+            if PRO == 3:  # as 2, with z = x[rout] @ W_z^T rebuilt (x: z_ptr, W_z: zw_ptr)
+                zz = expand_tile(z_ptr, zw_ptr, rout, p_ok, k, k_ok, CIN_Z, BLOCK_CZ, DOT_F32)
+                ca = tl.load(pa_ptr + k, mask=k_ok, other=0.0)
+                cb = tl.load(pb_ptr + k, mask=k_ok, other=0.0)
+                cc = tl.load(pc_ptr + k, mask=k_ok, other=0.0)
+                v = v.to(tl.float32) * ca[None, :] + zz * cb[None, :] + cc[None, :]
             if PRO != 0:
                 v = tl.where(m, v, 0.0)  # padding columns/rows must stay exactly zero
             if GATE:  # masked entries are 0 * 0 already
@@ -134,10 +171,9 @@ def _pw_conv_fwd_kernel(
                 acc = tl.dot(v.to(a_ptr.dtype.element_ty), wt.to(a_ptr.dtype.element_ty), acc)
         if EPI == 1:
             acc = acc + e_shift[None, :]
-        if EPI == 2:
+        if EPI == 2 or EPI == 3:
             acc = acc * e_scale[None, :] + e_shift[None, :]
         acc = act_fwd(acc, EPI_ACT)
-        rout = _rows(p, HWc, Wc, Hout, Wout, OUT_STRIDE, WIDE)
         om = p_ok[:, None] & o_ok[None, :]
         if RESIDUAL:
             acc += tl.load(res_ptr + rout[:, None] * NOUT + o[None, :], mask=om, other=0.0).to(
@@ -155,15 +191,20 @@ def _pw_conv_fwd_kernel(
 
 @triton.jit
 def _pw_conv_wgrad_kernel(
-    a_ptr, z_ptr, pa_ptr, pb_ptr, pc_ptr,
+    a_ptr, z_ptr, zw_ptr, pa_ptr, pb_ptr, pc_ptr,
     b_ptr, qa_ptr, qb_ptr, gate_ptr, dw_ptr,
-    P, NO, C, HWc, Wc, Hb, Wb,
+    P, NO, C, HWc, Wc, Ha, Wa, Hb, Wb, stride_a,
     PRO_A: tl.constexpr, PRO_B: tl.constexpr, PRO_B_ACT: tl.constexpr, GATE_B: tl.constexpr,
-    B_STRIDE: tl.constexpr, DOT_F32: tl.constexpr, WIDE: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr,
+    A_STRIDE: tl.constexpr, B_STRIDE: tl.constexpr, DOT_F32: tl.constexpr, WIDE: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CZ: tl.constexpr,
 ):  # fmt: skip
     """``dW[o, c] += sum_p A'[p, o] * B'[p, c]`` over the pixel tiles ``pid_s, pid_s + split, ...``;
-    the fp32 ``dW`` is zeroed by the host and summed into with one atomic per program."""
+    the fp32 ``dW`` is zeroed by the host and summed into with one atomic per program.
+
+    ``A'``: ``A`` (rows of ``stride_a`` elements, sampled with ``A_STRIDE``); ``PRO_A == 2``:
+    ``ca A + cb z + cc``; ``PRO_A == 3``: the same with ``z = B @ W_z^T`` rebuilt from the B
+    operand (the expand input) and ``W_z``; ``PRO_A == 4``: ``[A, 1]`` (column ``NO - 1`` is
+    all ones, so ``dW`` gets ``A^T B`` and the column sums of ``B``: a Gram matrix and a mean)."""
     pid_o = tl.program_id(0)
     pid_c = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -172,10 +213,13 @@ def _pw_conv_wgrad_kernel(
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     o_ok = o < NO
     c_ok = c < C
-    if PRO_A == 2:
+    if PRO_A == 2 or PRO_A == 3:
         ca = tl.load(pa_ptr + o, mask=o_ok, other=0.0)
         cb = tl.load(pb_ptr + o, mask=o_ok, other=0.0)
         cc = tl.load(pc_ptr + o, mask=o_ok, other=0.0)
+    a_cols = o_ok
+    if PRO_A == 4:
+        a_cols = o < NO - 1
     if PRO_B == 1:
         sa = tl.load(qa_ptr + c, mask=c_ok, other=0.0)
         sb = tl.load(qb_ptr + c, mask=c_ok, other=0.0)
@@ -183,15 +227,19 @@ def _pw_conv_wgrad_kernel(
     for tile in range(pid_s, tl.cdiv(P, BLOCK_P), nsplit):
         p = tile * BLOCK_P + tl.arange(0, BLOCK_P)
         p_ok = p < P
-        ra = p
-        if WIDE:
-            ra = p.to(tl.int64)
-        ma = p_ok[:, None] & o_ok[None, :]
-        av = tl.load(a_ptr + ra[:, None] * NO + o[None, :], mask=ma, other=0.0).to(tl.float32)
+        ra = _rows(p, HWc, Wc, Ha, Wa, A_STRIDE, WIDE)
+        rb = _rows(p, HWc, Wc, Hb, Wb, B_STRIDE, WIDE)
+        ma = p_ok[:, None] & a_cols[None, :]
+        av = tl.load(a_ptr + ra[:, None] * stride_a + o[None, :], mask=ma, other=0.0)
+        av = av.to(tl.float32)
         if PRO_A == 2:
             zz = tl.load(z_ptr + ra[:, None] * NO + o[None, :], mask=ma, other=0.0).to(tl.float32)
             av = tl.where(ma, av * ca[None, :] + zz * cb[None, :] + cc[None, :], 0.0)
-        rb = _rows(p, HWc, Wc, Hb, Wb, B_STRIDE, WIDE)
+        if PRO_A == 3:
+            zz = expand_tile(b_ptr, zw_ptr, rb, p_ok, o, o_ok, C, BLOCK_CZ, DOT_F32)
+            av = tl.where(ma, av * ca[None, :] + zz * cb[None, :] + cc[None, :], 0.0)
+        if PRO_A == 4:
+            av = tl.where(p_ok[:, None] & (o == NO - 1)[None, :], 1.0, av)
         mb = p_ok[:, None] & c_ok[None, :]
         bv = tl.load(b_ptr + rb[:, None] * C + c[None, :], mask=mb, other=0.0).to(tl.float32)
         if PRO_B == 1:
@@ -234,6 +282,7 @@ def pw_conv_fwd(
     pro_act: str = "none",
     pro_vecs: tuple[torch.Tensor, ...] = (),
     z: torch.Tensor | None = None,
+    z_weight: torch.Tensor | None = None,
     gate: torch.Tensor | None = None,
     epi: int = EPI_NONE,
     epi_vecs: tuple[torch.Tensor, ...] = (),
@@ -253,9 +302,11 @@ def pw_conv_fwd(
             pixel) and the input's spatial size; needed with a stride or a gate. ``None``: one
             image row per pixel, no stride.
         out_hw: the output tensor's spatial size when ``out_stride > 1``.
-        pro_vecs: ``(scale, shift)`` for ``PRO_AFFINE``; ``(A, B, C)`` for ``PRO_BN_BWD``.
+        pro_vecs: ``(scale, shift)`` for ``PRO_AFFINE``; ``(A, B, C)`` for ``PRO_BN_BWD`` (``z``
+            the second tensor, same rows as ``a``) and ``PRO_BN_BWD_X`` (``z = x @ z_weight^T``
+            rebuilt from ``x`` = the ``z`` argument ``[rows_out, Cin]``, read at the output rows).
         epi_vecs: ``(bias,)`` for ``EPI_BIAS``; ``(gamma, beta, running_mean, running_var)`` for
-            ``EPI_BN_EVAL``.
+            ``EPI_BN_EVAL``; ``(scale, shift)`` for ``EPI_AFFINE``.
         stats: fp32 ``[2, NOUT]``, zeroed: receives sum and sum of squares of the output.
     """
     rows_c = a.shape[0] if geom is None else geom[0] * geom[1] * geom[2]
@@ -270,6 +321,7 @@ def pw_conv_fwd(
         stride_wn, stride_wk = weight.stride(1), weight.stride(0)
     else:
         stride_wn, stride_wk = weight.stride(0), weight.stride(1)
+    cin_z = z.shape[1] if pro == PRO_BN_BWD_X and z is not None else 1
     dev = a.device
     if interpreting(dev):
         bp, bn, bk, warps, stages = 16, 16, 16, 4, 1
@@ -287,11 +339,14 @@ def pw_conv_fwd(
     launch(
         _pw_conv_fwd_kernel,
         (progs, n_tiles),
-        a, z if z is not None else a, weight, out, residual if residual is not None else a,
+        a, z if z is not None else a, z_weight if z_weight is not None else a, weight, out,
+        residual if residual is not None else a,
         vec[0], vec[1], vec[2], gate if gate is not None else a,
         evec[0], evec[1], evec[2], evec[3], stats if stats is not None else a,
         rows_c, K, NOUT, hc * wc, wc, hin, win, hout, wout, stride_wn, stride_wk, float(eps),
+        cin_z,
         PRO=pro, PRO_ACT=act_code(pro_act), GATE=gate is not None,
+        BLOCK_CZ=clamp_pow2(cin_z, 16, 32),
         EPI=epi, EPI_ACT=act_code(epi_act), RESIDUAL=residual is not None,
         STATS=stats is not None, IN_STRIDE=in_stride, OUT_STRIDE=out_stride,
         DOT_F32=a.dtype == torch.float32, WIDE=_wide(a, out, z, residual),
@@ -307,8 +362,12 @@ def pw_conv_wgrad(
     *,
     geom: tuple[int, int, int, int, int] | None = None,
     b_stride: int = 1,
+    a_stride: int = 1,
+    a_hw: tuple[int, int] | None = None,
     pro_a_vecs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     z: torch.Tensor | None = None,
+    z_weight: torch.Tensor | None = None,
+    append_one: bool = False,
     pro_b_vecs: tuple[torch.Tensor, torch.Tensor] | None = None,
     pro_b_act: str = "none",
     gate: torch.Tensor | None = None,
@@ -316,39 +375,52 @@ def pw_conv_wgrad(
     """Launch :func:`_pw_conv_wgrad_kernel`: ``dw[NO, C] += A'^T B'`` (``dw`` fp32, zeroed).
 
     Args:
-        a: ``[P, O]`` rows of the output gradient (or ``du`` with ``pro_a_vecs = (A, B, C)`` and
-            ``z``: ``dz = A du + B z + C``).
+        a: ``[rows_a, O]`` rows of the output gradient, on the compute grid ``geom`` (or sampled
+            with ``a_stride`` from a tensor of spatial size ``a_hw``). With
+            ``pro_a_vecs = (A, B, C)``: ``A a + B z + C``, where ``z`` is the given tensor (same
+            rows as ``a``) or, with ``z_weight``, ``b @ z_weight^T`` rebuilt per tile.
+            ``append_one``: ``A' = [a, 1]``, so ``dw`` is ``[O + 1, C]`` with the column sums of
+            ``B'`` in its last row.
         b: ``[rows_b, C]`` input rows, sampled with ``b_stride`` on the grid ``geom`` (as in
             :func:`pw_conv_fwd`); ``pro_b_vecs = (scale, shift)`` applies ``act(b*scale+shift)``;
             ``gate`` ``[N, C]`` multiplies per image.
     """
-    P, NO = a.shape
+    O = a.shape[1]  # noqa: E741
+    NO = O + 1 if append_one else O
     C = b.shape[1]
     if geom is None:
-        hc, wc, hb, wb = 1, 1, 1, 1
+        P, hc, wc, hb, wb = a.shape[0], 1, 1, 1, 1
     else:
-        _, hc, wc, hb, wb = geom
+        n_img, hc, wc, hb, wb = geom
+        P = n_img * hc * wc
+    ha, wa = a_hw if a_hw is not None else (hc, wc)
     dev = a.device
     if interpreting(dev):
         bp, bo, bc, warps = 16, 16, 16, 4
     else:
         bp, bo, bc = 64, clamp_pow2(NO, 16, 64), clamp_pow2(C, 16, 64)
-        warps = 4
+        warps = 8 if z_weight is not None else 4
     grid_oc = cdiv(NO, bo) * cdiv(C, bc)
     split = split_for(cdiv(P, bp), grid_oc, 4 * num_sms(dev) if not interpreting(dev) else 2)
     pa = pro_a_vecs if pro_a_vecs is not None else (a, a, a)
     pb = pro_b_vecs if pro_b_vecs is not None else (a, a)
+    if append_one:
+        pro_a = PRO_APPEND_ONE
+    elif pro_a_vecs is None:
+        pro_a = PRO_NONE
+    else:
+        pro_a = PRO_BN_BWD_X if z_weight is not None else PRO_BN_BWD
     launch(
         _pw_conv_wgrad_kernel,
         (cdiv(NO, bo), cdiv(C, bc), split),
-        a, z if z is not None else a, pa[0], pa[1], pa[2],
-        b, pb[0], pb[1], gate if gate is not None else a, dw,
-        P, NO, C, hc * wc, wc, hb, wb,
-        PRO_A=PRO_BN_BWD if pro_a_vecs is not None else PRO_NONE,
-        PRO_B=PRO_AFFINE if pro_b_vecs is not None else PRO_NONE,
-        PRO_B_ACT=act_code(pro_b_act), GATE_B=gate is not None, B_STRIDE=b_stride,
-        DOT_F32=a.dtype == torch.float32, WIDE=_wide(a, b, z),
-        BLOCK_P=bp, BLOCK_O=bo, BLOCK_C=bc, num_warps=warps, num_stages=2,
+        a, z if z is not None else a, z_weight if z_weight is not None else a,
+        pa[0], pa[1], pa[2], b, pb[0], pb[1], gate if gate is not None else a, dw,
+        P, NO, C, hc * wc, wc, ha, wa, hb, wb, O,
+        PRO_A=pro_a, PRO_B=PRO_AFFINE if pro_b_vecs is not None else PRO_NONE,
+        PRO_B_ACT=act_code(pro_b_act), GATE_B=gate is not None, A_STRIDE=a_stride,
+        B_STRIDE=b_stride, DOT_F32=a.dtype == torch.float32, WIDE=_wide(a, b, z),
+        BLOCK_P=bp, BLOCK_O=bo, BLOCK_C=bc, BLOCK_CZ=clamp_pow2(C, 16, 32),
+        num_warps=warps, num_stages=2,
     )  # fmt: skip
     return dw
 
@@ -359,13 +431,17 @@ def conv1x1_ref(x: torch.Tensor, weight: torch.Tensor, stride: int = 1) -> torch
 
 
 __all__ = [
+    "EPI_AFFINE",
     "EPI_BIAS",
     "EPI_BN_EVAL",
     "EPI_NONE",
     "PRO_AFFINE",
+    "PRO_APPEND_ONE",
     "PRO_BN_BWD",
+    "PRO_BN_BWD_X",
     "PRO_NONE",
     "conv1x1_ref",
+    "expand_tile",
     "pw_conv_fwd",
     "pw_conv_wgrad",
 ]

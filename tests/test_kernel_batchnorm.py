@@ -102,6 +102,30 @@ def test_finalize_and_backward_coefficients() -> None:
 
 @needs_interpreter
 @pytest.mark.interpreter
+@pytest.mark.parametrize("offset", [0.0, 3.0], ids=["centred", "offset-input"])
+def test_gram_finalize_matches_direct_statistics(offset: float) -> None:
+    """BN statistics of z = x W^T from [x, 1]^T x equal those of z itself; an input with a mean of
+    3 std (a post-ReLU6 tensor) checks the cancellation in E[z^2] - mean^2."""
+    from fastscarlet.kernels import batchnorm as bn
+
+    g = torch.Generator().manual_seed(3)
+    P, CIN, E = 500, 40, 72
+    x = torch.randn(P, CIN, generator=g, dtype=torch.float64) + offset
+    w = torch.randn(E, CIN, generator=g, dtype=torch.float64) / CIN**0.5
+    gamma, beta = torch.rand(E, dtype=torch.float64) + 0.5, torch.randn(E, dtype=torch.float64)
+    gram = (torch.cat([x, torch.ones(P, 1, dtype=torch.float64)], 1).t() @ x).float()
+    stats = torch.empty(bn.STAT_ROWS, E)
+    bn.bn_gram_finalize(gram, w.float(), gamma.float(), beta.float(), stats, P, 1e-5)
+    z = x @ w.t()
+    var = z.var(0, unbiased=False)
+    _close(stats[bn.MEAN], z.mean(0))
+    _close(stats[bn.RSTD], (var + 1e-5).rsqrt(), 1e-4)
+    _close(stats[bn.VAR_UNBIASED], z.var(0, unbiased=True), 1e-4)
+    _close(stats[bn.SHIFT], beta - z.mean(0) * gamma * (var + 1e-5).rsqrt(), 1e-4)
+
+
+@needs_interpreter
+@pytest.mark.interpreter
 def test_affine_act_store_residual_and_pool() -> None:
     from fastscarlet.kernels.batchnorm import affine_act
 

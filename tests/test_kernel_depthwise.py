@@ -68,16 +68,25 @@ def test_dw_conv_fwd(k: int, s: int, H: int, mode: str) -> None:
 
 
 @pytest.mark.parametrize(("k", "s", "H"), [(3, 1, 9), (5, 2, 9), (7, 1, 7), (7, 2, 13), (3, 2, 6)])
-@pytest.mark.parametrize("prologue", [False, True], ids=["plain", "bn-act"])
-def test_dw_conv_bwd(k: int, s: int, H: int, prologue: bool) -> None:
+@pytest.mark.parametrize("prologue", ["plain", "bn-act", "rebuild"])
+def test_dw_conv_bwd(k: int, s: int, H: int, prologue: str) -> None:
     """Input and weight gradients (per parity class for stride 2); with the prologue, the gradient
-    w.r.t. u (through the activation) and the two BN backward sums."""
+    w.r.t. u (through the activation) and the two BN backward sums; ``rebuild``: the conv input
+    ``z = x_s W1^T`` rebuilt from ``x`` (sampled with stride 2) instead of read."""
     from fastscarlet.kernels.activations import act_ref
     from fastscarlet.kernels.depthwise import dw_conv_bwd
 
     g = torch.Generator().manual_seed(k * 10 + s + 1)
-    N, C = 3, 40
+    N, C, CIN = 3, 40, 12
     z = torch.randn(N, C, H, H, generator=g, dtype=torch.float64)
+    rebuild = None
+    if prologue == "rebuild":
+        xin = torch.randn(N, CIN, 2 * H - 1, 2 * H - 1, generator=g)
+        w1 = torch.randn(C, CIN, generator=g)
+        z = torch.einsum("nchw,ec->nehw", xin.double()[:, :, ::2, ::2], w1.double())
+        xin = xin.contiguous(memory_format=CL)
+        rebuild = (_rows(xin), w1, 2 * H - 1, 2 * H - 1, 2)
+    prologue = prologue != "plain"
     w = torch.randn(C, 1, k, k, generator=g, dtype=torch.float64, requires_grad=True)
     sa = torch.rand(C, generator=g, dtype=torch.float64) + 0.5
     sb = torch.randn(C, generator=g, dtype=torch.float64)
@@ -93,9 +102,9 @@ def test_dw_conv_bwd(k: int, s: int, H: int, prologue: bool) -> None:
     dw = torch.zeros(C, k * k)
     sums = torch.zeros(2, C)
     dw_conv_bwd(
-        _rows(dzf), _rows(zf), w.detach().float(), (N, H, H), s, _rows(dx), dw,
+        _rows(dzf), None if rebuild else _rows(zf), w.detach().float(), (N, H, H), s, _rows(dx), dw,
         pro_vecs=(sa.float(), sb.float()) if prologue else None, pro_act="hswish",
-        bn_sums=(sums, mean.float(), rstd.float()) if prologue else None,
+        bn_sums=(sums, mean.float(), rstd.float()) if prologue else None, rebuild=rebuild,
     )  # fmt: skip
     _close(dx, u.grad)
     _close(dw, w.grad.view(C, k * k))

@@ -44,6 +44,7 @@ class Case:
     N: int = 2
     expand_stride: int = 1
     se_cfg: SEConfig | None = field(default=None)
+    x_offset: float = 0.0  # a non-centred input (BN1's statistics come from x's Gram matrix)
 
     def __str__(self) -> str:
         tag = f"c{self.cin}-{self.cout}_e{self.e}k{self.k}s{self.s}_{self.act}_H{self.H}_N{self.N}"
@@ -51,6 +52,8 @@ class Case:
             tag += "_se" if self.se_cfg is None else "_se-sigmoid"
         if self.expand_stride > 1:
             tag += f"_es{self.expand_stride}"
+        if self.x_offset:
+            tag += f"_offset{self.x_offset:g}"
         return tag
 
     def block(self, seed: int = 0) -> MBConv:
@@ -66,9 +69,8 @@ class Case:
 
     def input(self, seed: int = 1) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
-        return torch.randn(self.N, self.cin, self.H, self.H, generator=g).contiguous(
-            memory_format=CL
-        )
+        x = torch.randn(self.N, self.cin, self.H, self.H, generator=g) + self.x_offset
+        return x.contiguous(memory_format=CL)
 
 
 def _reference(m: MBConv, x: torch.Tensor) -> torch.Tensor:
@@ -128,6 +130,7 @@ TRAIN_CASES = [
     Case(8, 8, 3, 3, 1, "swish", True, 7, se_cfg=FAIRNAS_SE),
     Case(8, 12, 3, 3, 1, "hswish", False, 9, expand_stride=2),
     Case(8, 8, 6, 5, 1, "hswish", True, 5, N=3),
+    Case(12, 12, 3, 3, 1, "relu6", False, 7, x_offset=3.0),
 ]
 
 INFER_CASES = [
@@ -255,9 +258,9 @@ def test_custom_ops_pass_opcheck() -> None:
             blk.project.weight, b3.weight, b3.bias, *sw, *cfg, 1e-5, 1e-5, 1e-5,
         )  # fmt: skip
         torch.library.opcheck(mb.mbconv_train_fwd, fwd_args)
-        y, z1, z2, z3, stats, se_buf = mb.mbconv_train_fwd(*fwd_args)
+        y, z2, z3, stats, se_buf = mb.mbconv_train_fwd(*fwd_args)
         bwd_args = (
-            torch.randn_like(y), x, z1, z2, z3, stats, se_buf, blk.expand.weight, b1.weight,
+            torch.randn_like(y), x, z2, z3, stats, se_buf, blk.expand.weight, b1.weight,
             blk.dw.weight, b2.weight, blk.project.weight, b3.weight, *sw, *cfg, True,
         )  # fmt: skip
         torch.library.opcheck(mb.mbconv_train_bwd, bwd_args)

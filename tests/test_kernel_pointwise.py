@@ -25,31 +25,37 @@ def _close(got: torch.Tensor, want: torch.Tensor, tol: float = 2e-5) -> None:
     assert err <= tol * scale, f"max error {err:.3g} (scale {scale:.3g})"
 
 
-@pytest.mark.parametrize("pro", ["none", "affine", "bn_bwd"])
-@pytest.mark.parametrize("epi", ["none", "bias", "bn_eval"])
+@pytest.mark.parametrize("pro", ["none", "affine", "bn_bwd", "bn_bwd_x"])
+@pytest.mark.parametrize("epi", ["none", "bias", "bn_eval", "affine"])
 @pytest.mark.parametrize("extras", ["plain", "gate+residual+stats", "stride2"])
 def test_pw_conv_fwd(pro: str, epi: str, extras: str) -> None:
     from fastscarlet.kernels import pointwise as pw
     from fastscarlet.kernels.activations import act_ref
 
     g = torch.Generator().manual_seed(0)
-    N, K, NOUT, H = 2, 24, 40 if "residual" not in extras else 24, 9
+    N, K, NOUT, H, CZ = 2, 24, 40 if "residual" not in extras else 24, 9, 12
     s = 2 if extras == "stride2" else 1
+    Ho = (H - 1) // s + 1
     x = torch.randn(N, K, H, H, generator=g).contiguous(memory_format=CL)
     z = torch.randn(N, K, H, H, generator=g).contiguous(memory_format=CL)
+    xz = torch.randn(N, CZ, Ho, Ho, generator=g).contiguous(memory_format=CL)  # bn_bwd_x
+    wz = torch.randn(K, CZ, generator=g)
     w = torch.randn(NOUT, K, generator=g)
     vecs = [torch.randn(K, generator=g) for _ in range(3)]
-    # reference on the [N, K, H, W] tensor
-    v = x.double()
+    # reference on the [N, K, Ho, Wo] pixels the 1x1 conv reads
+    v = x.double()[:, :, ::s, ::s]
     if pro == "affine":
         v = act_ref(v * vecs[0].double()[:, None, None] + vecs[1].double()[:, None, None], "hswish")
-    elif pro == "bn_bwd":
+    elif pro in ("bn_bwd", "bn_bwd_x"):
         a, b, c = (t.double()[:, None, None] for t in vecs)
-        v = a * v + b * z.double() + c
+        zz = z.double()[:, :, ::s, ::s]
+        if pro == "bn_bwd_x":  # z rebuilt in-kernel as xz @ wz^T at the output pixels
+            zz = F.conv2d(xz.double(), wz.double()[:, :, None, None])
+        v = a * v + b * zz + c
     gate = torch.rand(N, K, generator=g) if "gate" in extras else None
     if gate is not None:
         v = v * gate.double()[:, :, None, None]
-    ref = F.conv2d(v, w.double()[:, :, None, None], None, s)
+    ref = F.conv2d(v, w.double()[:, :, None, None])
     bias = torch.randn(NOUT, generator=g)
     bn = (torch.rand(NOUT, generator=g) + 0.5, torch.randn(NOUT, generator=g),
           torch.randn(NOUT, generator=g), torch.rand(NOUT, generator=g) + 0.5)  # fmt: skip
@@ -59,20 +65,24 @@ def test_pw_conv_fwd(pro: str, epi: str, extras: str) -> None:
         sc = bn[0].double() / torch.sqrt(bn[3].double() + 1e-3)
         ref = ref * sc[:, None, None] + (bn[1].double() - bn[2].double() * sc)[:, None, None]
         ref = act_ref(ref, "relu")
+    elif epi == "affine":
+        ref = act_ref(ref * bn[0].double()[:, None, None] + bn[1].double()[:, None, None], "hswish")
     res = torch.randn(N, NOUT, H, H, generator=g).contiguous(memory_format=CL)
     if "residual" in extras:
         ref = ref + res.double()
-    Ho = (H - 1) // s + 1
     out = torch.empty(N, NOUT, Ho, Ho).contiguous(memory_format=CL)
     stats = torch.zeros(2, NOUT) if "stats" in extras else None
+    codes = {"none": pw.PRO_NONE, "affine": pw.PRO_AFFINE, "bn_bwd": pw.PRO_BN_BWD,
+             "bn_bwd_x": pw.PRO_BN_BWD_X}  # fmt: skip
+    epis = {"none": pw.EPI_NONE, "bias": pw.EPI_BIAS, "bn_eval": pw.EPI_BN_EVAL,
+            "affine": pw.EPI_AFFINE}  # fmt: skip
     pw.pw_conv_fwd(
-        _rows(x), w, _rows(out), geom=(N, Ho, Ho, H, H), in_stride=s,
-        pro={"none": pw.PRO_NONE, "affine": pw.PRO_AFFINE, "bn_bwd": pw.PRO_BN_BWD}[pro],
+        _rows(x), w, _rows(out), geom=(N, Ho, Ho, H, H), in_stride=s, pro=codes[pro],
         pro_act="hswish", pro_vecs=tuple(vecs[:2] if pro == "affine" else vecs),
-        z=_rows(z) if pro == "bn_bwd" else None, gate=gate,
-        epi={"none": pw.EPI_NONE, "bias": pw.EPI_BIAS, "bn_eval": pw.EPI_BN_EVAL}[epi],
-        epi_vecs=(bias,) if epi == "bias" else bn, eps=1e-3,
-        epi_act={"none": "none", "bias": "relu6", "bn_eval": "relu"}[epi],
+        z={"bn_bwd": _rows(z), "bn_bwd_x": _rows(xz)}.get(pro),
+        z_weight=wz if pro == "bn_bwd_x" else None, gate=gate, epi=epis[epi],
+        epi_vecs={"bias": (bias,), "affine": bn[:2]}.get(epi, bn), eps=1e-3,
+        epi_act={"none": "none", "bias": "relu6", "bn_eval": "relu", "affine": "hswish"}[epi],
         residual=_rows(res) if "residual" in extras else None, stats=stats,
     )  # fmt: skip
     _close(out, ref)
@@ -101,14 +111,16 @@ def test_pw_conv_fwd_transposed_weight_scatters_into_strided_rows() -> None:
     _close(dx, x.grad)
 
 
-@pytest.mark.parametrize("variant", ["plain", "bn_bwd+affine+gate", "stride2"])
+@pytest.mark.parametrize("variant", ["plain", "bn_bwd+affine+gate", "stride2", "bn_bwd_x", "gram"])
 def test_pw_conv_wgrad(variant: str) -> None:
+    """dW = A'^T B'; ``bn_bwd_x``: A' = A du + B (x W^T) + C with x the B operand (the expand
+    conv's weight gradient); ``gram``: A' = [x, 1] sampled like B, i.e. [x, 1]^T x."""
     from fastscarlet.kernels.activations import act_ref
     from fastscarlet.kernels.pointwise import pw_conv_wgrad
 
     g = torch.Generator().manual_seed(2)
     N, Co, C, H = 3, 40, 24, 7
-    s = 2 if variant == "stride2" else 1
+    s = 2 if variant in ("stride2", "gram") else 1
     Ho = (H - 1) // s + 1
     a = torch.randn(N, Co, Ho, Ho, generator=g).contiguous(memory_format=CL)
     z = torch.randn(N, Co, Ho, Ho, generator=g).contiguous(memory_format=CL)
@@ -117,13 +129,27 @@ def test_pw_conv_wgrad(variant: str) -> None:
     kwargs = {}
     if variant.startswith("bn_bwd"):
         pa = tuple(torch.randn(Co, generator=g) for _ in range(3))
+        zz = z.double()
+        if variant == "bn_bwd_x":
+            wz = torch.randn(Co, C, generator=g)
+            zz = torch.einsum("nchw,oc->nohw", vb, wz.double())
+            kwargs = dict(pro_a_vecs=pa, z_weight=wz)
+        va = pa[0].double()[:, None, None] * va + pa[1].double()[:, None, None] * zz
+        va = va + pa[2].double()[:, None, None]
+    if variant == "bn_bwd+affine+gate":
         qa = tuple(torch.randn(C, generator=g) for _ in range(2))
         gate = torch.rand(N, C, generator=g)
-        va = pa[0].double()[:, None, None] * va + pa[1].double()[:, None, None] * z.double()
-        va = va + pa[2].double()[:, None, None]
         vb = act_ref(vb * qa[0].double()[:, None, None] + qa[1].double()[:, None, None], "relu6")
         vb = vb * gate.double()[:, :, None, None]
         kwargs = dict(pro_a_vecs=pa, z=_rows(z), pro_b_vecs=qa, pro_b_act="relu6", gate=gate)
+    if variant == "gram":
+        ones = torch.ones_like(vb[:, :1])
+        want = torch.einsum("nohw,nchw->oc", torch.cat([vb, ones], 1), vb)
+        dw = torch.zeros(C + 1, C)
+        pw_conv_wgrad(_rows(b), _rows(b), dw, geom=(N, Ho, Ho, H, H), a_stride=s, a_hw=(H, H),
+                      b_stride=s, append_one=True)  # fmt: skip
+        _close(dw, want)
+        return
     want = torch.einsum("nohw,nchw->oc", va, vb)
     dw = torch.zeros(Co, C)
     pw_conv_wgrad(_rows(a), _rows(b), dw, geom=(N, Ho, Ho, H, H), b_stride=s, **kwargs)
