@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .depthwise import dw_out_size
+from .launch import call_op
 from .pointwise import pw_conv_fwd, pw_conv_wgrad
 
 
@@ -48,9 +49,7 @@ def _out_shape(x: torch.Tensor, w: torch.Tensor, stride: int) -> tuple[int, int,
     return N, w.shape[0], dw_out_size(H, stride), dw_out_size(W, stride)
 
 
-@torch.library.custom_op("fastscarlet::let_fwd", mutates_args=())
-def let_fwd(x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:
-    """``x [N, C, H, W]`` channels_last, ``w [O, C, 1, 1]`` -> ``[N, O, ceil(H/s), ceil(W/s)]``."""
+def _let_fwd_impl(x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:
     N, Co, Ho, Wo = _out_shape(x, w, stride)
     y = torch.empty(
         (N, Co, Ho, Wo), dtype=x.dtype, device=x.device, memory_format=torch.channels_last
@@ -61,6 +60,12 @@ def let_fwd(x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:
     return y
 
 
+@torch.library.custom_op("fastscarlet::let_fwd", mutates_args=())
+def let_fwd(x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:
+    """``x [N, C, H, W]`` channels_last, ``w [O, C, 1, 1]`` -> ``[N, O, ceil(H/s), ceil(W/s)]``."""
+    return _let_fwd_impl(x, w, stride)
+
+
 @let_fwd.register_fake
 def _let_fwd_fake(x, w, stride):
     N, Co, Ho, Wo = _out_shape(x, w, stride)
@@ -69,11 +74,9 @@ def _let_fwd_fake(x, w, stride):
     )
 
 
-@torch.library.custom_op("fastscarlet::let_bwd", mutates_args=())
-def let_bwd(
+def _let_bwd_impl(
     dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, stride: int, need_dx: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(dx, dW)``: ``dx`` like ``x`` (empty unless ``need_dx``), ``dW`` fp32 ``[O, C]``."""
     N, Co, Ho, Wo = _out_shape(x, w, stride)
     H, W = x.shape[2], x.shape[3]
     dyr = _rows(dy)
@@ -91,6 +94,14 @@ def let_bwd(
     return dx, dw
 
 
+@torch.library.custom_op("fastscarlet::let_bwd", mutates_args=())
+def let_bwd(
+    dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, stride: int, need_dx: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dx, dW)``: ``dx`` like ``x`` (empty unless ``need_dx``), ``dW`` fp32 ``[O, C]``."""
+    return _let_bwd_impl(dy, x, w, stride, need_dx)
+
+
 @let_bwd.register_fake
 def _let_bwd_fake(dy, x, w, stride, need_dx):
     dx = torch.empty_like(x, memory_format=torch.channels_last) if need_dx else x.new_empty(0)
@@ -102,7 +113,7 @@ class LETFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x, w, stride):
-        return torch.ops.fastscarlet.let_fwd(x, w, stride)
+        return call_op(torch.ops.fastscarlet.let_fwd, _let_fwd_impl, x, w, stride)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -114,7 +125,10 @@ class LETFunction(torch.autograd.Function):
     def backward(ctx, dy):
         x, w = ctx.saved_tensors
         dy = dy.contiguous(memory_format=torch.channels_last)
-        dx, dw = torch.ops.fastscarlet.let_bwd(dy, x, w, ctx.stride, ctx.needs_input_grad[0])
+        dx, dw = call_op(
+            torch.ops.fastscarlet.let_bwd, _let_bwd_impl, dy, x, w, ctx.stride,
+            ctx.needs_input_grad[0],
+        )  # fmt: skip
         return (dx if ctx.needs_input_grad[0] else None), dw.view(w.shape).to(w.dtype), None
 
 

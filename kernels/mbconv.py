@@ -94,7 +94,16 @@ from .batchnorm import (
     bn_train_finalize,
 )
 from .depthwise import dw_conv_bwd, dw_conv_fwd, dw_out_size
-from .launch import cdiv, clamp_pow2, interpreting, launch, next_pow2, num_sms, split_for
+from .launch import (
+    call_op,
+    cdiv,
+    clamp_pow2,
+    interpreting,
+    launch,
+    next_pow2,
+    num_sms,
+    split_for,
+)
 from .pointwise import (
     EPI_AFFINE,
     EPI_BIAS,
@@ -811,7 +820,8 @@ class MBConvTrainFunction(torch.autograd.Function):
         x, w1, g1, b1, wdw, g2, b2, w3, g3, b3, sw1, sb1, sw2, sb2, stride, expand_stride, act,
         se_act, se_gate, residual, eps1, eps2, eps3,
     ):  # fmt: skip
-        y, z2, z3, stats, se_buf = torch.ops.fastscarlet.mbconv_train_fwd(
+        y, z2, z3, stats, se_buf = call_op(
+            torch.ops.fastscarlet.mbconv_train_fwd, _mbconv_train_fwd_impl,
             x, w1, g1, b1, wdw, g2, b2, w3, g3, b3, sw1, sb1, sw2, sb2, stride, expand_stride,
             act, se_act, se_gate, residual, eps1, eps2, eps3,
         )  # fmt: skip
@@ -831,7 +841,8 @@ class MBConvTrainFunction(torch.autograd.Function):
     def backward(ctx, dy, *_unused):
         x, z2, z3, stats, se_buf, w1, g1, wdw, g2, w3, g3, sw1, sb1, sw2, sb2 = ctx.saved_tensors
         dy = dy.contiguous(memory_format=torch.channels_last)
-        grads = torch.ops.fastscarlet.mbconv_train_bwd(
+        grads = call_op(
+            torch.ops.fastscarlet.mbconv_train_bwd, _mbconv_train_bwd_impl,
             dy, x, z2, z3, stats, se_buf, w1, g1, wdw, g2, w3, g3, sw1, sb1, sw2, sb2,
             *ctx.cfg, ctx.needs_input_grad[0],
         )  # fmt: skip
@@ -985,7 +996,8 @@ def mbconv_block_forward(
             (bn1, bn2, bn3), _stat_blocks(stats, block.hidden, block.out_channels)
         )
         return y
-    return torch.ops.fastscarlet.mbconv_infer(
+    return call_op(
+        torch.ops.fastscarlet.mbconv_infer, _mbconv_infer_impl,
         x, w1, bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var, block.dw.weight,
         bn2.weight, bn2.bias, bn2.running_mean, bn2.running_var, block.project.weight,
         bn3.weight, bn3.bias, bn3.running_mean, bn3.running_var, *sw, *cfg, *eps,
