@@ -234,10 +234,10 @@ def bench_layer(layer: Layer, args, device, timer) -> Row:
     import copy
 
     import torch
-    from fastscarlet.kernels.dispatch import kernel_mode
-    from fastscarlet.kernels.testing import randomize_bn
 
     from fastscarlet.blocks import MBConv, init_weights
+    from fastscarlet.kernels.dispatch import kernel_mode
+    from fastscarlet.kernels.testing import randomize_bn
     from fastscarlet.space import SEConfig
 
     torch.manual_seed(layer.index)
@@ -306,8 +306,8 @@ def bench_step(args, device, timer) -> dict[str, float]:
     import copy
 
     import torch
-    from fastscarlet.kernels.dispatch import kernel_mode
 
+    from fastscarlet.kernels.dispatch import kernel_mode
     from fastscarlet.models import PUBLISHED
     from fastscarlet.network import build_network
     from fastscarlet.space import get_space

@@ -25,6 +25,7 @@ from torch import nn
 
 from fastscarlet.arch import Genome, random_genome, validate_genome
 from fastscarlet.blocks import LinearStabilizer, MBConv, init_weights, make_se
+from fastscarlet.kernels.dispatch import use_kernels
 from fastscarlet.network import (
     IDENTITY_MODES,
     Network,
@@ -64,10 +65,18 @@ class ChoiceLayer(nn.Module):
                 self.candidates[choice.name] = build_block(space, index, c)
 
     def forward(self, x: torch.Tensor, choice: int) -> torch.Tensor:
+        block, se = self.block_of(choice)
+        if isinstance(block, MBConv):
+            return block.forward_with_se(x, se)
+        return block(x)
+
+    def block_of(self, choice: int) -> tuple[nn.Module, nn.Module | None]:
+        """The module that runs ``choice`` and the SE module it applies (None: no SE)."""
         c = self.space.choices[choice]
         if self.share_se and c.se:
-            return self.candidates[_base_name(c)].forward_with_se(x, self.se_modules[c.name])
-        return self.candidates[c.name](x)
+            return self.candidates[_base_name(c)], self.se_modules[c.name]
+        block = self.candidates[c.name]
+        return block, getattr(block, "se", None)
 
     def export(self, choice: int, identity: str) -> nn.Module:
         """A standalone copy of the block of ``choice``."""
@@ -146,8 +155,30 @@ class SuperNet(nn.Module):
     ) -> torch.Tensor:
         g = self._resolve(genome)
         x = self.first_block(self.stem(x))
+        if not use_kernels(x):
+            for layer, c in zip(self.layers, g):
+                x = layer(x, c)
+            return x
+        # Triton path: a run of LET stabilizers is handed to the next MBConv, which folds it into
+        # its expand conv where that is exact (no residual) or runs it as one composed launch.
+        from fastscarlet.kernels.let import let_mbconv_forward
+        from fastscarlet.kernels.mbconv import mbconv_supported
+
+        lets: list[nn.Module] = []
         for layer, c in zip(self.layers, g):
-            x = layer(x, c)
+            block, se = layer.block_of(c)
+            if isinstance(block, LinearStabilizer):
+                lets.append(block)
+                continue
+            if lets and mbconv_supported(block, se, x):
+                x = let_mbconv_forward(lets, block, x, se)
+            else:
+                for let in lets:
+                    x = let(x)
+                x = block.forward_with_se(x, se)
+            lets = []
+        for let in lets:
+            x = let(x)
         return x
 
     def forward(self, x: torch.Tensor, genome: Sequence[int] | None = None) -> torch.Tensor:

@@ -6,9 +6,9 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from fastscarlet.kernels.activations import ACT_CODES, act_fwd, act_grad, act_grad_ref, act_ref
 
 from fastscarlet.env import triton_interpret
+from fastscarlet.kernels.activations import ACT_CODES, act_fwd, act_grad, act_grad_ref, act_ref
 
 needs_interpreter = pytest.mark.skipif(not triton_interpret(), reason="needs TRITON_INTERPRET=1")
 # Include the kinks, where PyTorch's backward formulas pick a side.
@@ -42,6 +42,7 @@ def _act_probe_kernel(u_ptr, f_ptr, d_ptr, n, ACT: tl.constexpr, BLOCK: tl.const
 def test_triton_activations_match_pytorch() -> None:
     import triton
     import triton.language as tl
+
     from fastscarlet.kernels.activations import act_fwd, act_grad
 
     @triton.jit

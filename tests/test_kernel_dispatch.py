@@ -8,11 +8,11 @@ import sys
 
 import pytest
 import torch
+
+from fastscarlet.blocks import LinearStabilizer, MBConv, init_weights
 from fastscarlet.kernels import dispatch
 from fastscarlet.kernels.dispatch import ENV_VAR, current_mode, kernel_mode, use_kernels
 from fastscarlet.kernels.testing import randomize_bn
-
-from fastscarlet.blocks import LinearStabilizer, MBConv, init_weights
 from fastscarlet.space import SEConfig
 
 

@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
-from fastscarlet.kernels.dispatch import kernel_mode
-from fastscarlet.kernels.testing import assert_within_budget, randomize_bn
 
 from fastscarlet.blocks import LinearStabilizer, MBConv, init_weights
 from fastscarlet.env import triton_interpret
+from fastscarlet.kernels.dispatch import kernel_mode
+from fastscarlet.kernels.testing import assert_within_budget, randomize_bn
 from fastscarlet.space import SEConfig
 
 needs_interpreter = pytest.mark.skipif(not triton_interpret(), reason="needs TRITON_INTERPRET=1")
@@ -166,3 +166,54 @@ def test_gpu_let_within_budget(cin, cout, stride, H, dtype) -> None:
         _check_let(cin, cout, stride, H, dtype, "cuda")
     finally:
         torch.backends.cudnn.allow_tf32 = old
+
+
+@needs_interpreter
+@pytest.mark.interpreter
+def test_supernet_path_with_let_runs_fused_on_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SuperNet.forward_features hands a run of LETs to the next MBConv on the kernel path: the
+    output and every gradient equal the reference path (a LET before a non-residual block is
+    folded into its expand conv; one before a residual block runs as a composed launch)."""
+    from fastscarlet.space import FirstBlock, Head, Stage, Stem, make_space, mbconv_choices
+    from fastscarlet.supernet import SuperNet
+
+    space = make_space(
+        "let_fusion",
+        choices=mbconv_choices(expansions=(3,), kernels=(3,), se=(False,), identity=True),
+        stem=Stem(8, "relu6"),
+        first_block=FirstBlock(8, "relu6"),
+        stages=[Stage(8, 2, 1, "hswish"), Stage(12, 2, 1, "hswish")],
+        head=Head(16, "relu6"),
+        identity="all",
+        num_classes=3,
+    )
+    # layers: 8->8 (ID), 8->8 (ID), 8->12 (E3K3, no residual: fold), 12->12 (ID, then end: plain)
+    genome = (1, 1, 0, 1)
+    import fastscarlet.kernels.let as let_module
+
+    calls = []
+    real = let_module.let_mbconv_forward
+
+    def spy(lets, block, x, se=None):
+        calls.append((len(lets), block.residual))
+        return real(lets, block, x, se)
+
+    monkeypatch.setattr(let_module, "let_mbconv_forward", spy)
+    torch.manual_seed(0)
+    net = SuperNet(space)
+    randomize_bn(net)
+    ref_net = copy.deepcopy(net)
+    x = torch.randn(2, 3, 11, 11)
+    with kernel_mode("reference"):
+        y_ref = ref_net.forward_features(x, genome)
+        y_ref.square().sum().backward()
+    with kernel_mode("triton"):
+        y = net.forward_features(x, genome)
+        y.square().sum().backward()
+    assert calls == [(2, False)]  # the two leading LETs were folded into layer 3's expand conv
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    for (name, p), p_ref in zip(net.named_parameters(), ref_net.parameters()):
+        if p_ref.grad is None:
+            assert p.grad is None, name
+        else:
+            torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-3, atol=1e-4, msg=name)

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+
+from fastscarlet.blocks import MBConv, init_weights
+from fastscarlet.env import triton_interpret
 from fastscarlet.kernels.dispatch import kernel_mode
 from fastscarlet.kernels.testing import (
     assert_within_budget,
@@ -20,9 +23,6 @@ from fastscarlet.kernels.testing import (
     randomize_bn,
     run_module,
 )
-
-from fastscarlet.blocks import MBConv, init_weights
-from fastscarlet.env import triton_interpret
 from fastscarlet.space import SEConfig
 
 needs_interpreter = pytest.mark.skipif(not triton_interpret(), reason="needs TRITON_INTERPRET=1")
