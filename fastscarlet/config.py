@@ -22,6 +22,8 @@ class SpaceConfig:
     num_classes: int = 1000
     share_se: bool = False
     let_init: str = "conv"  # conv | identity
+    zero_init_residual: bool = False  # residual MBConvs start as the identity (bn3 gamma = 0)
+    stem_stride: int | None = None  # None: the space's (2); 1 for 32x32 inputs (CIFAR recipe)
 
 
 @dataclass(frozen=True)

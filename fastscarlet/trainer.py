@@ -25,6 +25,7 @@ restored, so on CPU 2 steps + resume + 2 steps equals 4 steps bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import time
@@ -87,7 +88,14 @@ def build_space(cfg: Config) -> SearchSpace:
         raise ValueError(
             f"space.identity applies to the scarlet space only, not {cfg.space.name!r}"
         )
-    return get_space(cfg.space.name, **kwargs)
+    space = get_space(cfg.space.name, **kwargs)
+    if cfg.space.stem_stride is not None:
+        if cfg.space.stem_stride not in (1, 2):
+            raise ValueError(f"space.stem_stride must be 1 or 2, got {cfg.space.stem_stride}")
+        space = dataclasses.replace(
+            space, stem=dataclasses.replace(space.stem, stride=cfg.space.stem_stride)
+        )
+    return space
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -132,7 +140,12 @@ class SupernetTrainer:
         # Same seed on every rank: same initial weights, same paths each step.
         torch.manual_seed(tc.seed)
         self.space = build_space(cfg)
-        self.model = SuperNet(self.space, share_se=cfg.space.share_se, let_init=cfg.space.let_init)
+        self.model = SuperNet(
+            self.space,
+            share_se=cfg.space.share_se,
+            let_init=cfg.space.let_init,
+            zero_init_residual=cfg.space.zero_init_residual,
+        )
         self.channels_last = device.type == "cuda" and cfg.data.channels_last
         self.model.to(device, memory_format=torch.channels_last if self.channels_last else None)
         if self.dist.enabled:
