@@ -92,9 +92,12 @@ def main() -> None:
 
     rates: dict[str, list[float]] = {"plain": [], "trainer": []}
     fns = {"plain": plain_step, "trainer": trainer_step}
-    for name in fns:  # warm-up (cuDNN autotuning, allocator)
+    t_start = time.perf_counter()
+    for name in fns:  # warm-up (cuDNN autotuning, kernel compilation, allocator)
         fns[name](sampler.sample())
-    _sync(dev)
+        _sync(dev)
+        print(f"[bench] warm-up {name}: {time.perf_counter() - t_start:.1f}s", file=sys.stderr,
+              flush=True)  # fmt: skip
     for _ in range(args.rounds):
         for name, fn in fns.items():
             t0 = time.perf_counter()
@@ -102,6 +105,7 @@ def main() -> None:
                 fn(sampler.sample())
             _sync(dev)
             rates[name].append(args.steps * m * batch / (time.perf_counter() - t0))
+            print(f"[bench] {name}: {rates[name][-1]:.1f} img/s", file=sys.stderr, flush=True)
 
     result = {
         "device": torch.cuda.get_device_name(0) if gpu else platform.processor() or "cpu",
