@@ -49,12 +49,14 @@ def run(args: argparse.Namespace) -> int:
         image_size=dc.image_size, device=device, num_workers=dc.num_workers, recipe=dc.recipe,
         seed=args.seed,
     )  # fmt: skip
+    # The run's loader backend (a synthetic run is evaluated on real images through torch).
+    backend = dc.backend if dc.backend != "synthetic" else "torch"
     # Recalibration reads training images with the eval transform (no augmentation noise).
     calib = build_loader(
-        root, "train", dc.backend if dc.backend != "synthetic" else "torch",
-        batch_size=dc.eval_batch_size, augment=False, shuffle=True, **common,
+        root, "train", backend, batch_size=dc.eval_batch_size, augment=False, shuffle=True,
+        **common,
     )  # fmt: skip
-    val = build_loader(root, "val", "torch", batch_size=dc.eval_batch_size, **common)
+    val = build_loader(root, "val", backend, batch_size=dc.eval_batch_size, **common)
     results = evaluate_paths(model, genomes, calib, val, args.calib_batches, args.val_batches)
     rows = [
         {"genome": list(g), "top1": r.top1, "top5": r.top5, "loss": r.loss, "images": r.images}
