@@ -119,6 +119,8 @@ def test_eval_cli_matches_a_hand_written_recalibration(recipe, data_root, tmp_pa
     # Random paths: --paths N rows; a file that is not a checkpoint: a one-line error.
     assert main(["eval", "--checkpoint", str(out / "last.pt"), "--paths", "3", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["paths"]) == 3
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--batch-size", "0"]) == 2
+    assert "--batch-size must be at least 1" in capsys.readouterr().err
     bogus = tmp_path / "bogus.pt"
     torch.save({"weights": torch.zeros(1)}, bogus)
     assert main(["eval", "--checkpoint", str(bogus)]) == 2

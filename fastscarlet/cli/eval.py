@@ -15,6 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--genome", action="append", default=[], help="a genome like 0,3,12,...")
     parser.add_argument("--calib-batches", type=int, default=20, help="BN recalibration batches")
     parser.add_argument("--val-batches", type=int, help="limit the evaluation batches")
+    parser.add_argument(
+        "--batch-size", type=int, help="calibration and evaluation batch (default: the run's "
+        "data.eval_batch_size)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the random paths")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--json", action="store_true", help="print JSON")
@@ -51,12 +55,15 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     # The run's loader backend (a synthetic run is evaluated on real images through torch).
     backend = dc.backend if dc.backend != "synthetic" else "torch"
+    batch = dc.eval_batch_size if args.batch_size is None else args.batch_size
+    if batch < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch}")
     # Recalibration reads training images with the eval transform (no augmentation noise).
     calib = build_loader(
-        root, "train", backend, batch_size=dc.eval_batch_size, augment=False, shuffle=True,
+        root, "train", backend, batch_size=batch, augment=False, shuffle=True,
         **common,
     )  # fmt: skip
-    val = build_loader(root, "val", backend, batch_size=dc.eval_batch_size, **common)
+    val = build_loader(root, "val", backend, batch_size=batch, **common)
     results = evaluate_paths(model, genomes, calib, val, args.calib_batches, args.val_batches)
     rows = [
         {"genome": list(g), "top1": r.top1, "top5": r.top5, "loss": r.loss, "images": r.images}
