@@ -24,12 +24,12 @@ an error with DALI's message and the candidate files.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
+from fastscarlet.data.buffers import BufferPool
 from fastscarlet.data.folder import FileList, check_image
 from fastscarlet.data.loader import ImageLoader
 from fastscarlet.data.transforms import Recipe
@@ -40,24 +40,6 @@ from fastscarlet.env import require
 _DEVICE_MEMORY_PADDING = 211_025_920
 _HOST_MEMORY_PADDING = 140_544_512
 _PREFETCH = 2  # batches the pipeline runs ahead
-# CPU output buffers kept for reuse (see DaliLoader._cpu_buffer); a strict-fairness step holds one
-# batch per path, so up to 16, and at most 1 GiB in all.
-_POOL_BUFFERS = 16
-_POOL_BYTES = 1 << 30
-
-
-def _unreferenced(buf: torch.Tensor) -> bool:
-    """True iff nothing but the caller's list holds ``buf``: no other reference to the Python
-    object and no other tensor (view, slice, permutation) on its storage."""
-    # getrefcount: the pool's list + the caller's loop variable + this parameter + getrefcount's
-    # own argument = 4 (fewer where the interpreter borrows references).
-    if sys.getrefcount(buf) > 4:
-        return False
-    # The storage's users: ``buf`` itself + the temporary Python storage object = 2.
-    use_count = getattr(torch._C, "_storage_Use_Count", None)
-    if use_count is None:  # a torch without it: never reuse
-        return False
-    return use_count(buf.untyped_storage()._cdata) <= 2
 
 
 class DaliImageLoader(ImageLoader):
@@ -96,7 +78,7 @@ class DaliImageLoader(ImageLoader):
         self.num_threads = num_threads
         self._labels = torch.as_tensor(files.labels, dtype=torch.int64)
         self._copy_stream = None  # CUDA stream for DALI -> torch copies, made on first use
-        self._pool: list[torch.Tensor] = []  # CPU output buffers for reuse
+        self._pool = BufferPool()  # CPU output buffers, reused once the consumer drops them
 
     # -- the pipeline --------------------------------------------------------------------------
     def _pipeline(self, paths: list[str], positions: list[int], seed: int, prefetch: int):
@@ -188,7 +170,7 @@ class DaliImageLoader(ImageLoader):
         if self.device.type == "cuda":
             out = torch.empty(shape, dtype=dtype, device=self.device)
         else:
-            out = self._cpu_buffer(shape, dtype)
+            out = self._pool.get(shape, dtype)
         if self.device.type == "cuda":
             # Copy on a side stream and wait for it (tens of microseconds for a batch): the DALI
             # buffer is then free for the next run and the tensor ready on any stream, without
@@ -205,21 +187,6 @@ class DaliImageLoader(ImageLoader):
             memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
             out = out.to(dtype=self.dtype, memory_format=memory_format)
         return out
-
-    def _cpu_buffer(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """A CPU tensor for the next batch: a pooled one that no one references any more, else a
-        new one (pooled while the pool has room). As DALI's own PyTorch iterator reuses its
-        output tensors, but only once the consumer has dropped every view of them: a fresh
-        38 MB batch costs ~15 ms of page faults (about a quarter of the loader's time per batch
-        at 224 on two cores, benchmarks/RESULTS.md)."""
-        for buf in self._pool:
-            if buf.shape == shape and buf.dtype == dtype and _unreferenced(buf):
-                return buf
-        buf = torch.empty(shape, dtype=dtype)
-        held = sum(b.nbytes for b in self._pool)
-        if len(self._pool) < _POOL_BUFFERS and held + buf.nbytes <= _POOL_BYTES:
-            self._pool.append(buf)
-        return buf
 
     # -- the epoch -----------------------------------------------------------------------------
     def _iter_epoch(

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 # Imported here, before the workers fork, so that each worker does not spend ~2 s importing it.
 from torchvision.transforms import functional as _tv_functional  # noqa: F401
 
+from fastscarlet.data.buffers import BufferPool
 from fastscarlet.data.folder import FileList
 from fastscarlet.data.loader import ImageLoader
 from fastscarlet.data.transforms import PilTransform, Recipe, normalize_batch, sample_rng
@@ -95,6 +96,7 @@ class TorchImageLoader(ImageLoader):
         self.dataset = FileListDataset(files, recipe, self.seed)
         self._sampler = _EpochBatchSampler()
         self._dataloader: DataLoader | None = None
+        self._pool = BufferPool()  # CPU float32 outputs, reused once the consumer drops them
 
     def _make_dataloader(self) -> DataLoader:
         return DataLoader(
@@ -123,8 +125,9 @@ class TorchImageLoader(ImageLoader):
                 continue  # every file of the batch failed; nothing to train on
             images = images.to(self.device, non_blocking=non_blocking)
             images = normalize_batch(
-                images, recipe.mean, recipe.std, dtype=self.dtype, channels_last=self.channels_last
-            )
+                images, recipe.mean, recipe.std, dtype=self.dtype,
+                channels_last=self.channels_last, pool=self._pool,
+            )  # fmt: skip
             yield (
                 images,
                 labels.to(self.device, non_blocking=non_blocking),

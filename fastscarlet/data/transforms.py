@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fastscarlet.data.buffers import BufferPool
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Per-channel mean and std of the 50,000 CIFAR-10 training images (the often quoted
@@ -181,14 +183,19 @@ def normalize_batch(
     *,
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
+    pool: BufferPool | None = None,
 ) -> torch.Tensor:
     """uint8 ``(N, 3, H, W)`` in [0, 255] -> ``dtype`` ``(N, 3, H, W)``, ``(x / 255 - mean) / std``.
 
     The arithmetic runs in float32 on the tensor's device, then casts to ``dtype``; the result is in
-    ``torch.channels_last`` memory format when asked.
+    ``torch.channels_last`` memory format when asked. A float32 result on the CPU is written into a
+    buffer of ``pool`` when one is given.
     """
     scale = torch.tensor([1 / (255 * s) for s in std], device=images.device).view(1, -1, 1, 1)
     shift = torch.tensor([m / s for m, s in zip(mean, std)], device=images.device).view(1, -1, 1, 1)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if pool is not None and images.device.type == "cpu" and dtype == torch.float32:
+        out = pool.get(tuple(images.shape), torch.float32, memory_format)
+        return out.copy_(images).mul_(scale).sub_(shift)
     out = images.to(memory_format=memory_format).float().mul_(scale).sub_(shift)
     return out.to(dtype=dtype, memory_format=memory_format)

@@ -1,0 +1,67 @@
+"""Recycled CPU output buffers: reused only once nothing refers to them (fastscarlet.data.buffers),
+and batches a consumer holds are never overwritten by either loader backend."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from data_fixtures import make_clean_tree
+
+from fastscarlet.data import build_loader
+from fastscarlet.data.buffers import BufferPool
+from fastscarlet.env import probe_dali
+
+
+def test_pool_reuses_only_unreferenced_buffers():
+    pool = BufferPool(max_buffers=2)
+    a = pool.get((2, 3), torch.float32)
+    ptr = a.data_ptr()
+    assert pool.get((2, 3), torch.float32).data_ptr() != ptr  # `a` is still held
+    del a
+    b = pool.get((2, 3), torch.float32)
+    assert b.data_ptr() == ptr  # released: recycled
+    view = b[:1]
+    del b
+    assert pool.get((2, 3), torch.float32).data_ptr() != ptr  # a view keeps its storage in use
+    del view
+    assert pool.get((2, 3), torch.float32).data_ptr() == ptr
+    # Another shape, dtype or memory format is another buffer; the pool stops growing at its cap.
+    assert pool.get((2, 4), torch.float32).data_ptr() != ptr
+    cl = pool.get((1, 3, 2, 2), torch.float32, torch.channels_last)
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+    assert len(pool) == 2
+
+
+def test_pool_byte_cap():
+    pool = BufferPool(max_buffers=8, max_bytes=100)
+    pool.get((20,), torch.float32)  # 80 bytes: kept
+    pool.get((20,), torch.float32)  # would make 160: not kept
+    assert len(pool) == 1
+
+
+BACKENDS = ["torch"] + (["dali"] if probe_dali().available else [])
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    return make_clean_tree(tmp_path_factory.mktemp("buffers"), per_class=5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_held_batches_are_never_overwritten_and_dropped_ones_are_reused(tree, backend):
+    kw = dict(batch_size=2, num_workers=2, image_size=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loader = build_loader(tree, "val", backend, **kw)
+    copies = [x.clone() for x, _ in loader]
+    held = [x for x, _ in loader]  # every batch kept alive while the next ones are made
+    assert len(held) == len(copies) >= 4
+    assert len({x.data_ptr() for x in held}) == len(held)
+    for x, ref in zip(held, copies, strict=True):
+        assert torch.equal(x, ref)
+    del held
+    ptrs = [x.data_ptr() for x, _ in loader]  # each batch dropped before the one after next
+    assert len(set(ptrs)) <= 3 < len(ptrs), ptrs
