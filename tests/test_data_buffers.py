@@ -27,12 +27,32 @@ def test_pool_reuses_only_unreferenced_buffers():
     del b
     assert pool.get((2, 3), torch.float32).data_ptr() != ptr  # a view keeps its storage in use
     del view
+    c = pool.get((2, 3), torch.float32)
+    assert c.data_ptr() == ptr
+    alias = c.detach()  # shares the storage without referring to `c`
+    del c
+    assert pool.get((2, 3), torch.float32).data_ptr() != ptr
+    del alias
     assert pool.get((2, 3), torch.float32).data_ptr() == ptr
     # Another shape, dtype or memory format is another buffer; the pool stops growing at its cap.
     assert pool.get((2, 4), torch.float32).data_ptr() != ptr
     cl = pool.get((1, 3, 2, 2), torch.float32, torch.channels_last)
     assert cl.is_contiguous(memory_format=torch.channels_last)
     assert len(pool) == 2
+
+
+def test_a_batch_that_autograd_saved_is_not_reused():
+    """The consumer drops its name for the batch, but the graph still needs it for backward."""
+    conv = torch.nn.Conv2d(3, 4, 3)
+    pool = BufferPool()
+    x = pool.get((2, 3, 8, 8), torch.float32).normal_()
+    saved = x.clone()
+    y = conv(x)  # saves x for the weight gradient
+    del x
+    pool.get((2, 3, 8, 8), torch.float32).fill_(7.0)  # must be another buffer
+    y.sum().backward()
+    ref = torch.nn.grad.conv2d_weight(saved, conv.weight.shape, torch.ones_like(y))
+    torch.testing.assert_close(conv.weight.grad, ref)
 
 
 def test_pool_byte_cap():
