@@ -238,3 +238,47 @@ def test_active_path_api():
         sup.set_active([0] * 19)
     with pytest.raises(ValueError, match="identity must be"):
         sup.subnet(g, identity="drop")
+
+
+def test_zero_init_residual_and_identity_let_start_every_equal_shape_choice_as_the_identity():
+    """With both options each residual choice (x + BN3(...) with gamma3 = 0, beta3 = 0) and the
+    LET (W = I) compute exactly x, in training mode too; other blocks keep gamma3 = 1."""
+    torch.manual_seed(0)
+    net = SuperNet("scarlet", let_init="identity", zero_init_residual=True).train()
+    plain = SuperNet("scarlet")
+    checked = 0
+    for layer, ref_layer in zip(net.layers, plain.layers, strict=True):
+        spec = layer.spec
+        x = torch.randn(2, spec.in_channels, 8, 8)
+        for c in spec.allowed:
+            block, _ = layer.block_of(c)
+            ref_block, _ = ref_layer.block_of(c)
+            if isinstance(block, MBConv) and block.residual:
+                torch.testing.assert_close(layer(x, c), x, rtol=0, atol=0)
+                assert torch.all(ref_block.bn3.weight == 1)  # the option is what zeroes it
+                checked += 1
+            elif isinstance(block, MBConv):
+                assert torch.all(block.bn3.weight == 1)
+            else:
+                torch.testing.assert_close(layer(x, c), x, rtol=0, atol=0)  # the LET
+    assert checked > 100  # 12 MBConv choices in each of the equal-shape layers
+
+
+def test_stem_stride_one_keeps_twice_the_resolution():
+    from fastscarlet.config import config_from_dict
+    from fastscarlet.trainer import build_space
+
+    def final_map(stride):
+        space = {"name": "scarlet", "num_classes": 10}
+        if stride is not None:
+            space["stem_stride"] = stride
+        net = SuperNet(build_space(config_from_dict({"space": space}))).eval()
+        feats = []
+        net.head.register_forward_hook(lambda m, i, o: feats.append(i[0].shape[-1]))
+        net(torch.randn(1, 3, 32, 32), [0] * 19)
+        return feats[0]
+
+    assert final_map(None) == final_map(2) == 1  # 32 / 32
+    assert final_map(1) == 2  # 32 / 16
+    with pytest.raises(ValueError, match="stem_stride must be 1 or 2"):
+        final_map(3)
