@@ -127,3 +127,15 @@ __all__ = [
     "randomize_bn",
     "run_module",
 ]
+
+
+def rows(t: torch.Tensor) -> torch.Tensor:
+    """``[N, C, H, W]`` -> the ``[N*H*W, C]`` row layout the kernels work on (channels_last)."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def assert_close_scaled(got: torch.Tensor, want: torch.Tensor, tol: float = 2e-5) -> None:
+    """``max|got - want| <= tol * max(1, max|want|)`` (fp32 kernels under the interpreter)."""
+    scale = max(1.0, float(want.abs().max()))
+    err = float((got.double() - want.double()).abs().max())
+    assert err <= tol * scale, f"max error {err:.3g} (scale {scale:.3g})"

@@ -9,16 +9,11 @@ import triton.language as tl
 
 from fastscarlet.env import triton_interpret
 from fastscarlet.kernels.activations import ACT_CODES, act_fwd, act_grad, act_grad_ref, act_ref
+from fastscarlet.kernels.testing import assert_close_scaled as _close
 
 needs_interpreter = pytest.mark.skipif(not triton_interpret(), reason="needs TRITON_INTERPRET=1")
 # Include the kinks, where PyTorch's backward formulas pick a side.
 KINKS = torch.tensor([-4.0, -3.0, -2.5, -1e-3, 0.0, 1e-3, 2.9, 3.0, 3.5, 5.9, 6.0, 7.0])
-
-
-def _close(got: torch.Tensor, want: torch.Tensor, tol: float = 2e-5) -> None:
-    scale = max(1.0, float(want.abs().max()))
-    err = float((got.double() - want.double()).abs().max())
-    assert err <= tol * scale, f"max error {err:.3g} (scale {scale:.3g})"
 
 
 @pytest.mark.parametrize("name", sorted(ACT_CODES))

@@ -7,22 +7,14 @@ import torch
 from torch.nn import functional as F
 
 from fastscarlet.env import triton_interpret
+from fastscarlet.kernels.testing import assert_close_scaled as _close
+from fastscarlet.kernels.testing import rows as _rows
 
 pytestmark = [
     pytest.mark.interpreter,
     pytest.mark.skipif(not triton_interpret(), reason="needs TRITON_INTERPRET=1"),
 ]
 CL = torch.channels_last
-
-
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
-
-
-def _close(got: torch.Tensor, want: torch.Tensor, tol: float = 2e-5) -> None:
-    scale = max(1.0, float(want.abs().max()))
-    err = float((got.double() - want.double()).abs().max())
-    assert err <= tol * scale, f"max error {err:.3g} (scale {scale:.3g})"
 
 
 @pytest.mark.parametrize("pro", ["none", "affine", "bn_bwd", "bn_bwd_x"])
