@@ -2,13 +2,18 @@
 
 The package lives in ``fastscarlet/``; the Triton kernels live in the top-level ``kernels/`` folder and
 install as ``fastscarlet.kernels`` (the name ``kernels`` is taken on PyPI). The C++ sources in
-``csrc/`` build to ``fastscarlet._C`` with pybind11.
+``csrc/`` build to ``fastscarlet._C`` with pybind11. Where NVIDIA DALI and the CUDA headers it
+includes are present, ``csrc/dali_ops/`` builds to ``fastscarlet/data/_dali_ops*.so``, a DALI plugin
+with fastscarlet's CPU operators (see ``fastscarlet/data/dali_ops.py``); without them it is skipped
+and the DALI backend uses DALI's own operators.
 """
 
+import os
+import sys
 from glob import glob
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 packages = find_packages(include=["fastscarlet", "fastscarlet.*"]) + ["fastscarlet.kernels"]
 
@@ -20,6 +25,48 @@ ext_modules = [
         extra_compile_args=["-O3"],
     )
 ]
+
+
+def cuda_include_dir() -> str | None:
+    """A CUDA include folder complete enough for DALI's headers (they include cuda_runtime.h)."""
+    roots = [os.environ.get("CUDA_HOME", ""), "/usr/local/cuda", *sorted(glob("/usr/local/cuda-*"))]
+    for root in filter(None, roots):
+        inc = os.path.join(root, "include")
+        if all(os.path.exists(os.path.join(inc, f)) for f in ("cuda_runtime.h", "nv/target")):
+            return inc
+    return None
+
+
+def dali_extension() -> Extension | None:
+    """The DALI plugin, if DALI and the CUDA headers are here (else None, with a note)."""
+    try:
+        import nvidia.dali.sysconfig as dali_sysconfig
+    except ImportError:
+        return None
+    cuda_inc = cuda_include_dir()
+    if cuda_inc is None:
+        print(
+            "fastscarlet: no CUDA headers found (set CUDA_HOME); skipping the DALI plugin",
+            file=sys.stderr,
+        )
+        return None
+    lib_dir = dali_sysconfig.get_lib_dir()
+    return Extension(
+        "fastscarlet.data._dali_ops",
+        sorted(glob("csrc/dali_ops/*.cc")),
+        include_dirs=[dali_sysconfig.get_include_dir(), cuda_inc],
+        define_macros=[("_GLIBCXX_USE_CXX11_ABI", "1")],
+        library_dirs=[lib_dir],
+        libraries=["dali"],
+        runtime_library_dirs=[lib_dir],
+        # C++20 for DALI's headers; no FMA contraction, so that normalisation rounds as torch's.
+        extra_compile_args=["-std=c++20", "-O3", "-ffp-contract=off", "-Wno-deprecated"],
+        language="c++",
+    )
+
+
+if (dali_ext := dali_extension()) is not None:
+    ext_modules.append(dali_ext)
 
 setup(
     name="fastscarlet",

@@ -15,6 +15,11 @@ falls on both. In each epoch the clock starts when the first batch arrives (work
 pipeline construction are left out, for both backends) and stops at the last one; the rate is the
 images after the first batch divided by that time; the table gives the median over the rounds.
 Every batch is consumed on the device (a sum), so nothing is left undone.
+
+Two DALI loaders are measured on the CPU: ``dali``, the library's default, where fastscarlet's
+DALI operator (``fastscarlet.data.dali_ops``, built from ``csrc/dali_ops/``) does the imagenet
+recipe's resize, flip and normalisation in one pass, and ``dali-stock``, DALI's own operators only
+(``fn.resize`` + ``fn.crop_mirror_normalize``), for comparison.
 """
 
 from __future__ import annotations
@@ -114,9 +119,15 @@ def compare(root, split, backends, *, rounds, device, **kw) -> dict[str, list[tu
     from other processes on a shared machine hits both rather than one."""
     from fastscarlet.data import build_loader
 
-    loaders = {
-        b: build_loader(root, split, b, device=device, drop_last=True, **kw) for b in backends
-    }
+    def make(name: str):
+        # "dali-stock": the DALI backend with DALI's own operators only (no fastscarlet plugin).
+        if name == "dali-stock":
+            return build_loader(
+                root, split, "dali", dali_ops="dali", device=device, drop_last=True, **kw
+            )
+        return build_loader(root, split, name, device=device, drop_last=True, **kw)
+
+    loaders = {b: make(b) for b in backends}
     rates: dict[str, list[tuple[float, float]]] = {b: [] for b in backends}
     for r in range(rounds):
         for b, loader in loaders.items():
@@ -126,7 +137,8 @@ def compare(root, split, backends, *, rounds, device, **kw) -> dict[str, list[tu
 
 def breakdown(root: Path, threads: int, images: int = 256) -> dict[str, float]:
     """CPU ms per image of the train transform's steps alone: PIL decode, PIL decode + resized
-    crop (torchvision's functional), DALI crop-on-decode, DALI crop-on-decode + resize."""
+    crop (torchvision's functional), DALI crop-on-decode, DALI crop-on-decode + resize, and DALI
+    crop-on-decode + fastscarlet's resize-mirror-normalize (which also does the normalisation)."""
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
     from nvidia.dali import Pipeline
@@ -134,7 +146,7 @@ def breakdown(root: Path, threads: int, images: int = 256) -> dict[str, float]:
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as F
 
-    from fastscarlet.data import scan_image_folder
+    from fastscarlet.data import IMAGENET_MEAN, IMAGENET_STD, dali_ops, scan_image_folder
     from fastscarlet.data.transforms import random_resized_crop_box
 
     paths = scan_image_folder(Path(root) / "train", verify="none").paths[:images]
@@ -150,14 +162,21 @@ def breakdown(root: Path, threads: int, images: int = 256) -> dict[str, float]:
                     box = random_resized_crop_box(h, w, (0.08, 1.0), (3 / 4, 4 / 3), rng)
                     im = F.resized_crop(im, *box, [224, 224], InterpolationMode.BILINEAR)
         out[f"PIL {step}"] = (cpu_seconds() - cpu0) / len(paths) * 1000
-    for step in ("crop-on-decode", "crop-on-decode+resize"):
+    steps = ["crop-on-decode", "crop-on-decode+resize"]
+    if dali_ops.load():
+        steps.append("crop-on-decode+fastscarlet resize_mirror_normalize")
+    for step in steps:
         batch = 64
         pipe = Pipeline(batch_size=batch, num_threads=threads, device_id=None, seed=0)
         with pipe:
             encoded, _ = fn.readers.file(files=paths, random_shuffle=False)
             im = fn.decoders.image_random_crop(encoded, device="cpu", output_type=types.RGB)
-            if step != "crop-on-decode":
+            if step == "crop-on-decode+resize":
                 im = fn.resize(im, resize_x=224, resize_y=224, antialias=True)
+            elif step != "crop-on-decode":
+                im = dali_ops.resize_mirror_normalize(
+                    im, mean=IMAGENET_MEAN, std=IMAGENET_STD, size=(224, 224)
+                )
             pipe.set_outputs(im)
         pipe.build()
         pipe.run()  # warm-up
@@ -206,7 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--rounds", type=int, default=5, help="epochs per backend, alternating")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--backends", nargs="+", default=["torch", "dali"])
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        default=["torch", "dali", "dali-stock"],
+        help="dali: the library's default (fastscarlet's fused operator on a CPU pipeline); "
+        "dali-stock: DALI's own operators only",
+    )
     p.add_argument("--splits", nargs="+", default=["train", "val"])
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument(
@@ -219,9 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     print(json.dumps(env))
     backends = list(args.backends)
-    if "dali" in backends and not probe_dali().available:
-        print(f"DALI figures not taken: {probe_dali().reason}")
-        backends.remove("dali")
+    if not probe_dali().available:
+        if {"dali", "dali-stock"} & set(backends):
+            print(f"DALI figures not taken: {probe_dali().reason}")
+        backends = [b for b in backends if not b.startswith("dali")]
+    if not args.device.startswith("cpu") and "dali-stock" in backends:
+        backends.remove("dali-stock")  # the plugin is CPU-only: on a GPU both are the same
     runs = [("imagenet-like", make_imagenet_like(args.data, args.images), "imagenet", 224, None)]
     if args.cifar.is_dir():
         n = args.cifar_images
@@ -235,17 +263,20 @@ def main(argv: list[str] | None = None) -> int:
         f"device {args.device}, {args.rounds} alternating rounds of one epoch each",
         "",
         "| data | split | transform | torch img/s | DALI img/s | DALI/torch "
-        "| torch CPU ms/img | DALI CPU ms/img | CPU torch/DALI |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| torch CPU ms/img | DALI CPU ms/img | CPU torch/DALI | DALI stock ops img/s "
+        "| stock/torch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, root, recipe, size, subset in runs:
         for split in args.splits:
             if name == "cifar10":
                 split = {"val": "test"}.get(split, split)
+            # The plugin serves the imagenet recipe only: on the cifar recipe both DALIs are one.
+            here = [b for b in backends if not (b == "dali-stock" and recipe != "imagenet")]
             rates = compare(
                 root,
                 split,
-                backends,
+                here,
                 rounds=args.rounds,
                 device=args.device,
                 num_workers=args.threads,
@@ -263,14 +294,22 @@ def main(argv: list[str] | None = None) -> int:
             cpu = {b: statistics.median(c for _, c in v) for b, v in rates.items()}
             cells = [f"{med[b]:.0f}" if b in med else "n/a" for b in ("torch", "dali")]
             cells += [f"{cpu[b]:.2f}" if b in cpu else "n/a" for b in ("torch", "dali")]
-            ratio = f"{med['dali'] / med['torch']:.2f}x" if len(med) == 2 else "n/a"
-            cpu_ratio = f"{cpu['torch'] / cpu['dali']:.2f}x" if len(cpu) == 2 else "n/a"
+            both = "dali" in med and "torch" in med
+            ratio = f"{med['dali'] / med['torch']:.2f}x" if both else "n/a"
+            cpu_ratio = f"{cpu['torch'] / cpu['dali']:.2f}x" if both else "n/a"
+            stock = med.get("dali-stock")
+            if stock and "torch" in med:
+                stock_cells = f"{stock:.0f} | {stock / med['torch']:.2f}x"
+            elif recipe != "imagenet":
+                stock_cells = "same as DALI | -"
+            else:
+                stock_cells = "n/a | n/a"
             kind = "train (RRC+flip)" if split == "train" else "eval (resize+center crop)"
             if recipe == "cifar":
                 kind = "train (pad+crop+flip)" if split == "train" else "eval"
             table.append(
                 f"| {name} | {split} | {kind} @{size} | {cells[0]} | {cells[1]} | {ratio} "
-                f"| {cells[2]} | {cells[3]} | {cpu_ratio} |"
+                f"| {cells[2]} | {cells[3]} | {cpu_ratio} | {stock_cells} |"
             )
     print("\n".join(table))
     if args.breakdown and "dali" in backends:

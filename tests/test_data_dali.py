@@ -4,6 +4,9 @@ Measured differences to the torch backend (PIL), eval transform at 224, in 8-bit
 sized JPEGs (375x500 down to 256) at most 4 and 0.35 on average per image; on the grayscale, CMYK,
 palette and PNG files of the messy tree at most 4 and 0.6 on average (the palette PNG: its dithering
 is high-frequency, where the two antialiasing filters differ most). The bounds below leave ~1.5x.
+Those are DALI's own operators (``dali_ops="dali"``). With fastscarlet's operator (the default on
+the CPU, Pillow's filter) the eval tensors of both trees equal the torch backend's bit for bit; the
+bound there is one level, what a Pillow release that orders its two passes differently may change.
 """
 
 from __future__ import annotations
@@ -42,13 +45,13 @@ def collect(loader):
     return torch.cat(xs), torch.cat(ys), torch.cat(idx)
 
 
-def both(root, split, **kw):
+def both(root, split, dali_ops="auto", **kw):
     kw = dict(batch_size=4, num_workers=2, return_index=True) | kw
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return (
             build_loader(root, split, "torch", **kw),
-            build_loader(root, split, "dali", **kw),
+            build_loader(root, split, "dali", dali_ops=dali_ops, **kw),
         )
 
 
@@ -56,8 +59,9 @@ def level_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.float() - b.float()).abs() * STD_LEVELS
 
 
-def test_eval_matches_torch_backend_and_imagefolder(tree):
-    tl, dl = both(tree, "val")
+@pytest.mark.parametrize("ops,max_levels,mean_levels", [("fastscarlet", 1, 0.05), ("dali", 6, 0.5)])
+def test_eval_matches_torch_backend_and_imagefolder(tree, ops, max_levels, mean_levels):
+    tl, dl = both(tree, "val", dali_ops=ops)
     t, d = collect(tl), collect(dl)
     ref = ImageFolder(str(tree / "val"))
     assert dl.classes == ref.classes
@@ -65,7 +69,11 @@ def test_eval_matches_torch_backend_and_imagefolder(tree):
     assert d[1].tolist() == ref.targets
     for k in range(len(ref)):
         diff = level_diff(t[0][k], d[0][k])
-        assert diff.mean() <= 0.5 and diff.max() <= 6, (ref.samples[k], diff.mean(), diff.max())
+        assert diff.mean() <= mean_levels and diff.max() <= max_levels + 1e-3, (
+            ref.samples[k],
+            diff.mean(),
+            diff.max(),
+        )
     # And the torch backend is torchvision's eval transform (checked exactly in test_data_loader).
 
 
@@ -220,6 +228,10 @@ def test_shared_cifar10_labels_and_cifar_recipe():
 def test_dali_argument_errors(tree):
     with pytest.raises(ValueError, match="needs a CUDA device"):
         build_loader(tree, "val", "dali", decode_device="mixed")
+    with pytest.raises(ValueError, match="dali_ops must be one of"):
+        build_loader(tree, "val", "dali", dali_ops="pillow")
+    with pytest.raises(ValueError, match="needs the imagenet recipe on a CPU pipeline"):
+        build_loader(tree, "val", "dali", dali_ops="fastscarlet", recipe="cifar", image_size=32)
 
 
 def test_set_start_batch_resumes_with_the_same_samples(tree):

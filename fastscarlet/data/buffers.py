@@ -5,7 +5,9 @@ time, and filling one costs ~15 ms of page faults on this CI machine's CPU (22 m
 and-copy, 7.6 ms for a copy into a reused buffer; benchmarks/RESULTS.md). DALI's own PyTorch
 iterator avoids it by reusing its output tensors, which overwrites batches the consumer may still
 hold. :class:`BufferPool` reuses a buffer only once nothing refers to it any more: neither the
-tensor object nor any view of its storage. Both loader backends use it for CPU outputs.
+tensor object nor any view of its storage. The torch backend uses it for its CPU outputs; the DALI
+backend needs none, it hands over the memory of DALI's outputs without a copy (DALI's dynamic
+executor keeps an output alive while a tensor refers to it, and recycles it through its own pool).
 """
 
 from __future__ import annotations

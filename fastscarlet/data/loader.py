@@ -224,6 +224,7 @@ def build_loader(
     subset: int | None = None,
     return_index: bool = False,
     decode_device: str | None = None,
+    dali_ops: str = "auto",
     num_classes: int | None = None,
     num_images: int | None = None,
 ) -> ImageLoader:
@@ -256,6 +257,9 @@ def build_loader(
             held-out part of the train set for architecture search).
         return_index: also yield the indices of the samples in ``loader.files``.
         decode_device: DALI only: ``"mixed"`` (GPU) or ``"cpu"``; default mixed on CUDA.
+        dali_ops: DALI only: ``"auto"`` uses fastscarlet's fused resize-mirror-normalize operator
+            (:mod:`fastscarlet.data.dali_ops`) for the imagenet recipe on a CPU pipeline when the
+            plugin is built, ``"fastscarlet"`` requires it, ``"dali"`` keeps DALI's operators.
         num_classes, num_images: synthetic only, when there is no folder to count (default
             1000 classes and the ImageNet split size).
 
@@ -333,5 +337,11 @@ def build_loader(
     from fastscarlet.data.dali_backend import DaliImageLoader
 
     return DaliImageLoader(
-        files, spec, num_threads=max(1, num_workers), decode_device=decode_device, **shape, **common
+        files,
+        spec,
+        num_threads=max(1, num_workers),
+        decode_device=decode_device,
+        dali_ops=dali_ops,
+        **shape,
+        **common,
     )
