@@ -91,8 +91,36 @@ def probe_dali() -> Probe:
     return Probe("nvidia.dali", True, getattr(dali, "__version__", "?"))
 
 
+@functools.cache
+def probe_dali_ops() -> Probe:
+    """fastscarlet's DALI plugin (``csrc/dali_ops/``; used by CPU pipelines of the DALI backend)."""
+    name = "dali plugin"
+    if not probe_dali().available:
+        return Probe(name, False, "", "needs nvidia.dali")
+    from fastscarlet.data import dali_ops
+
+    path = dali_ops.library_path()
+    if path is None:
+        return Probe(
+            name,
+            False,
+            "",
+            "not built (DALI installed after fastscarlet, or no CUDA headers at build time: set "
+            "CUDA_HOME and reinstall with `pip install --no-build-isolation -e .`); the DALI "
+            "backend uses DALI's own operators",
+        )
+    return Probe(name, True, path.name)
+
+
 def all_probes() -> list[Probe]:
-    return [probe_torch(), probe_cuda(), probe_triton(), probe_cpp(), probe_dali()]
+    return [
+        probe_torch(),
+        probe_cuda(),
+        probe_triton(),
+        probe_cpp(),
+        probe_dali(),
+        probe_dali_ops(),
+    ]
 
 
 _PROBES = {
@@ -100,6 +128,7 @@ _PROBES = {
     "triton": probe_triton,
     "cpp": probe_cpp,
     "dali": probe_dali,
+    "dali_ops": probe_dali_ops,
 }
 
 

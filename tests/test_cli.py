@@ -30,7 +30,7 @@ def test_models_table(capsys):
 def test_info_reports_every_component(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    for name in ("torch", "cuda", "triton", "fastscarlet._C", "nvidia.dali"):
+    for name in ("torch", "cuda", "triton", "fastscarlet._C", "nvidia.dali", "dali plugin"):
         assert name in out
     # no GPU in CI: CUDA must be reported unusable with a reason
     line = next(ln for ln in out.splitlines() if ln.startswith("cuda"))

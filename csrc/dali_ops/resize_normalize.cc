@@ -275,16 +275,17 @@ class ResizeMirrorNormalize : public ::dali::Operator<::dali::CPUBackend> {
       std::fill(mirror.begin(), mirror.end(), spec_.GetArgument<int>("mirror"));
     }
     auto &pool = ws.GetThreadPool();
-    scratch_.resize(pool.NumThreads());
     const bool chw = layout_ == "CHW";
     for (int i = 0; i < n; i++) {
       const auto s = input.tensor_shape(i);
       pool.AddWork(
-          [&, i, s](int thread) {
+          [&, i, s](int) {
+            // Per OS thread, not per pool index: safe whichever thread the pool runs this on.
+            thread_local Scratch scratch;
             ResizeMirrorNormalizeOne(input.tensor<uint8_t>(i), static_cast<int>(s[0]),
                                      static_cast<int>(s[1]), geometry_[i], mirror[i] != 0,
                                      scale_.data(), shift_.data(), chw,
-                                     output.mutable_tensor<float>(i), scratch_[thread]);
+                                     output.mutable_tensor<float>(i), scratch);
           },
           s.num_elements());
     }
@@ -297,7 +298,6 @@ class ResizeMirrorNormalize : public ::dali::Operator<::dali::CPUBackend> {
   std::vector<float> scale_, shift_;
   std::string layout_;
   std::vector<Geometry> geometry_;
-  std::vector<Scratch> scratch_;
 };
 
 }  // namespace fastscarlet
