@@ -54,13 +54,19 @@ def dali_extension() -> Extension | None:
     return Extension(
         "fastscarlet.data._dali_ops",
         sorted(glob("csrc/dali_ops/*.cc")),
-        include_dirs=[dali_sysconfig.get_include_dir(), cuda_inc],
-        define_macros=[("_GLIBCXX_USE_CXX11_ABI", "1")],
-        library_dirs=[lib_dir],
-        libraries=["dali"],
+        include_dirs=[cuda_inc],
         runtime_library_dirs=[lib_dir],
-        # C++20 for DALI's headers; no FMA contraction, so that normalisation rounds as torch's.
-        extra_compile_args=["-std=c++20", "-O3", "-ffp-contract=off", "-Wno-deprecated"],
+        # DALI's own flags (its include folder, its C++ ABI; -L and -ldali); C++20 for its
+        # headers; no FMA contraction, so that the normalisation rounds as torch's does.
+        extra_compile_args=[
+            *dali_sysconfig.get_compile_flags(),
+            "-std=c++20",
+            "-O3",
+            "-g0",
+            "-ffp-contract=off",
+            "-Wno-deprecated",
+        ],
+        extra_link_args=list(dali_sysconfig.get_link_flags()),
         language="c++",
     )
 

@@ -82,6 +82,10 @@ def test_held_batches_are_never_overwritten(tree, backend):
     held = [x for x, _ in loader]  # every batch kept alive while the next ones are made
     assert len(held) == len(copies) >= 4
     assert len({x.data_ptr() for x in held}) == len(held)
+    for epoch in (1, 2):  # more batches (and, for DALI, new pipelines) allocated meanwhile
+        loader.set_epoch(epoch)
+        for _ in loader:
+            pass
     for x, ref in zip(held, copies, strict=True):
         assert torch.equal(x, ref)
 

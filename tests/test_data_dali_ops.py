@@ -104,9 +104,10 @@ def random_images(seed: int, n: int, max_side: int = 120) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("size", [(224, 224), (7, 90), (61, 3), (1, 1), (33, 33)])
 def test_resize_equals_pillows_two_pass_algorithm(plugin, size):
+    rng = np.random.default_rng(size[0] * 1000 + size[1])
     images = random_images(seed=size[0] * 1000 + size[1], n=24)
-    images.append(np.full((size[0], 5, 3), 200, np.uint8))  # height unchanged: one pass only
-    images.append(np.arange(size[1] * 3 * 4, dtype=np.uint8).reshape(4, size[1], 3))  # width kept
+    for shape in [(size[0], 5), (4, size[1]), size]:  # one side unchanged (one pass), or both
+        images.append(rng.integers(0, 256, (*shape, 3), dtype=np.uint8))
     outs = run(plugin, images, size=size, channels_last=True)
     for img, out in zip(images, outs, strict=True):
         assert out.shape == (*size, 3)
@@ -127,6 +128,9 @@ def test_resize_shorter_and_center_crop_are_torchvisions(plugin):
     rng = np.random.default_rng(2)
     # Odd and even margins (CenterCrop rounds half to even), portrait, landscape, square.
     shapes = [(375, 500), (500, 375), (300, 300), (257, 700), (181, 240), (240, 181)]
+    # A side already at 131 (that pass is skipped, the crop offset is not), and a long thin image
+    # (resized to 131 x 7860, of which the operator computes only the crop's window).
+    shapes += [(131, 300), (300, 131), (131, 131), (5, 300)]
     images = [rng.integers(0, 256, (*s, 3), dtype=np.uint8) for s in shapes]
     outs = run(plugin, images, resize_shorter=131, crop=(117, 118), channels_last=True)
     for img, out in zip(images, outs, strict=True):
@@ -165,6 +169,29 @@ def test_bad_input_is_named(plugin):
         run(plugin, [img], resize_shorter=20, crop=(30, 30))
     with pytest.raises(RuntimeError, match="3 channels"):
         run(plugin, [np.zeros((10, 12, 4), np.uint8)], size=(5, 5))
+    with pytest.raises(ValueError, match="allowed layouts for input 0"):  # DALI checks it
+        import nvidia.dali.fn as fn
+        import nvidia.dali.types as types
+        from nvidia.dali import Pipeline
+
+        pipe = Pipeline(batch_size=1, num_threads=1, device_id=None)
+        with pipe:
+            x = fn.external_source(source=[[img]], layout="CHW", dtype=types.UINT8, cycle=True)
+            pipe.set_outputs(
+                plugin.resize_mirror_normalize(x, mean=(0,) * 3, std=(1,) * 3, size=(5, 5))
+            )
+        pipe.build()
+        pipe.run()
     with pytest.raises(ValueError, match="exactly one of size and resize_shorter"):
         run(plugin, [img], size=(5, 5), resize_shorter=8)
     assert math.isclose(plugin.normalize_constants([0.5] * 3, [0.25] * 3)[1][0], 2.0)
+
+
+def test_a_plugin_that_does_not_load_is_a_warning_and_a_fallback(tmp_path, monkeypatch):
+    from fastscarlet.data import dali_ops
+
+    bogus = tmp_path / "_dali_ops.cpython-311-x86_64-linux-gnu.so"
+    bogus.write_bytes(b"not a shared library")
+    monkeypatch.setattr(dali_ops, "library_path", lambda: bogus)
+    with pytest.warns(RuntimeWarning, match="does not load"):
+        assert dali_ops.load.__wrapped__() is False  # the uncached body: the cache holds True

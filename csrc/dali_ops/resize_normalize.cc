@@ -28,26 +28,29 @@ namespace fastscarlet {
 
 constexpr int kPrecisionBits = 32 - 8 - 2;  // Pillow's PRECISION_BITS for 8-bit images
 
-// Pillow's per-axis coefficients: for each output position, the first input index, the number of
-// taps, and `ksize` fixed-point weights (precompute_coeffs + normalize_coeffs_8bpc, BILINEAR).
+// Pillow's per-axis coefficients (precompute_coeffs + normalize_coeffs_8bpc, BILINEAR) for the
+// output positions begin .. begin + n - 1 of an axis resized from in_size to out_size: for each,
+// the first input index, the number of taps, and `ksize` fixed-point weights. Only the kept window
+// is computed, so a long thin image with a center crop costs no more than its crop.
 struct AxisCoeffs {
   int ksize = 0;
   std::vector<int> first;
   std::vector<int> count;
   std::vector<int32_t> weight;
 
-  void Compute(int in_size, int out_size) {
+  void Compute(int in_size, int out_size, int begin, int n) {
     const double in0 = 0.0, in1 = static_cast<float>(in_size);  // Pillow's box is float
     const double scale = (in1 - in0) / out_size;
     const double filterscale = scale < 1.0 ? 1.0 : scale;
     const double support = 1.0 * filterscale;  // BILINEAR's support is 1
     ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
-    first.assign(out_size, 0);
-    count.assign(out_size, 0);
-    weight.assign(static_cast<size_t>(out_size) * ksize, 0);
+    first.assign(n, 0);
+    count.assign(n, 0);
+    weight.assign(static_cast<size_t>(n) * ksize, 0);
     std::vector<double> w(ksize);
     const double ss = 1.0 / filterscale;
-    for (int xx = 0; xx < out_size; xx++) {
+    for (int o = 0; o < n; o++) {
+      const int xx = begin + o;
       const double center = in0 + (xx + 0.5) * scale;
       int xmin = static_cast<int>(center - support + 0.5);
       if (xmin < 0) xmin = 0;
@@ -60,14 +63,14 @@ struct AxisCoeffs {
         w[x] = t < 1.0 ? 1.0 - t : 0.0;
         ww += w[x];
       }
-      int32_t *k = &weight[static_cast<size_t>(xx) * ksize];
+      int32_t *k = &weight[static_cast<size_t>(o) * ksize];
       for (int x = 0; x < xmax; x++) {
         const double v = ww != 0.0 ? w[x] / ww : w[x];
         k[x] = v < 0 ? static_cast<int32_t>(-0.5 + v * (1 << kPrecisionBits))
                      : static_cast<int32_t>(0.5 + v * (1 << kPrecisionBits));
       }
-      first[xx] = xmin;
-      count[xx] = xmax;
+      first[o] = xmin;
+      count[o] = xmax;
     }
   }
 };
@@ -99,14 +102,14 @@ void ResizeMirrorNormalizeOne(const uint8_t *in, int H, int W, const Geometry &g
   const bool need_h = g.out_w != W;  // Pillow skips a pass whose size does not change
   const bool need_v = g.out_h != H;
   const int cw = g.crop_w, ch = g.crop_h;
-  if (need_h) s.horiz.Compute(W, g.out_w);
-  if (need_v) s.vert.Compute(H, g.out_h);
+  if (need_h) s.horiz.Compute(W, g.out_w, g.left, cw);  // indexed by output column - left
+  if (need_v) s.vert.Compute(H, g.out_h, g.top, ch);     // indexed by output row - top
 
   // Source rows the kept output rows read.
   int row0, row1;
   if (need_v) {
-    row0 = s.vert.first[g.top];
-    row1 = s.vert.first[g.top + ch - 1] + s.vert.count[g.top + ch - 1];
+    row0 = s.vert.first[0];
+    row1 = s.vert.first[ch - 1] + s.vert.count[ch - 1];
   } else {
     row0 = g.top;
     row1 = g.top + ch;
@@ -119,9 +122,8 @@ void ResizeMirrorNormalizeOne(const uint8_t *in, int H, int W, const Geometry &g
       const uint8_t *src = in + static_cast<size_t>(y) * W * C;
       uint8_t *dst = &s.rows[static_cast<size_t>(y - row0) * row_stride];
       for (int xo = 0; xo < cw; xo++) {
-        const int xx = g.left + xo;
-        const int xmin = s.horiz.first[xx], n = s.horiz.count[xx];
-        const int32_t *k = &s.horiz.weight[static_cast<size_t>(xx) * s.horiz.ksize];
+        const int xmin = s.horiz.first[xo], n = s.horiz.count[xo];
+        const int32_t *k = &s.horiz.weight[static_cast<size_t>(xo) * s.horiz.ksize];
         const uint8_t *p = src + static_cast<size_t>(xmin) * C;
         int32_t a0 = 1 << (kPrecisionBits - 1), a1 = a0, a2 = a0;
         for (int t = 0; t < n; t++, p += C) {
@@ -146,9 +148,8 @@ void ResizeMirrorNormalizeOne(const uint8_t *in, int H, int W, const Geometry &g
   for (int yo = 0; yo < ch; yo++) {
     const uint8_t *line;
     if (need_v) {
-      const int yy = g.top + yo;
-      const int ymin = s.vert.first[yy] - row0, n = s.vert.count[yy];
-      const int32_t *k = &s.vert.weight[static_cast<size_t>(yy) * s.vert.ksize];
+      const int ymin = s.vert.first[yo] - row0, n = s.vert.count[yo];
+      const int32_t *k = &s.vert.weight[static_cast<size_t>(yo) * s.vert.ksize];
       int32_t *acc = s.acc.data();
       std::fill(acc, acc + n_row, 1 << (kPrecisionBits - 1));
       for (int t = 0; t < n; t++) {
@@ -309,6 +310,7 @@ DALI_SCHEMA(fastscarlet__ResizeMirrorNormalize)
     .DocStr(R"(Resizes uint8 HWC RGB images with Pillow's antialiased bilinear filter (bit-exact),
 optionally center crops, mirrors and normalises them (``float(x) * scale - shift``) into float32.)")
     .NumInput(1)
+    .InputLayout(0, "HWC")
     .NumOutput(1)
     .AddOptionalArg("resize_x", "Output width (with resize_y).", 0)
     .AddOptionalArg("resize_y", "Output height (with resize_x).", 0)

@@ -15,6 +15,7 @@ headers at build time: ``setup.py`` skips the plugin then).
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,13 +28,26 @@ def library_path() -> Path | None:
 
 @functools.cache
 def load() -> bool:
-    """Load the plugin into DALI (once); True iff its operators are now available."""
+    """Load the plugin into DALI (once); True iff its operators are now available.
+
+    A plugin that does not load (built against another DALI release, say) is reported in a
+    warning and treated as absent, so that the DALI backend falls back to DALI's own operators.
+    """
     path = library_path()
     if path is None:
         return False
     import nvidia.dali.plugin_manager as plugin_manager
 
-    plugin_manager.load_library(str(path))
+    try:
+        plugin_manager.load_library(str(path))
+    except Exception as exc:  # DALI raises RuntimeError; a bad binary may raise OSError
+        warnings.warn(
+            f"fastscarlet's DALI plugin {path} does not load ({exc}); using DALI's own operators. "
+            "Rebuild it with `pip install --no-build-isolation -e .`",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
     return True
 
 
