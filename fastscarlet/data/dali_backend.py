@@ -202,16 +202,14 @@ class DaliImageLoader(ImageLoader):
     def _to_torch(self, dali_images) -> torch.Tensor:
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
-        shapes = dali_images.shape()
-        shape = (len(shapes), *shapes[0])
-        fp16 = self.dtype == torch.float16 and not self.fused  # what crop_mirror_normalize made
-        dtype = torch.float16 if fp16 else torch.float32
         if self.device.type == "cpu":
             # The dynamic executor hands over the batch's memory: DALI does not reuse it while a
             # tensor refers to it (its PyTorch plugin does the same), so no copy is needed.
             out = torch.from_dlpack(dali_images.as_tensor())
-        else:
-            out = torch.empty(shape, dtype=dtype, device=self.device)
+        else:  # crop_mirror_normalize made float16 or float32
+            shapes = dali_images.shape()
+            dtype = torch.float16 if self.dtype == torch.float16 else torch.float32
+            out = torch.empty((len(shapes), *shapes[0]), dtype=dtype, device=self.device)
             # Copy on a side stream and wait for it (tens of microseconds for a batch): the DALI
             # buffer is then free for the next run and the tensor ready on any stream, without
             # making the caller's stream (busy with the previous training step) wait.
