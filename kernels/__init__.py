@@ -6,7 +6,7 @@ Every kernel module carries its ``@triton.jit`` kernels, their host launchers an
 * :mod:`.mbconv`: the fused MBConv choice block (inference and training), its custom ops and
   autograd function; :mod:`.let`: the LET stabilizer and its fusion into the next expand conv;
 * building blocks: :mod:`.pointwise` (1x1 GEMMs), :mod:`.depthwise`, :mod:`.batchnorm`,
-  :mod:`.activations`, :mod:`.launch`;
+  :mod:`.activations`, :mod:`.alignment` (channel-count hints), :mod:`.launch`;
 * :mod:`.dispatch`: the one decision kernel vs reference (imports no Triton, so the modules of
   ``fastscarlet.blocks`` import it unconditionally); :mod:`.aot`: sm_90 compilation checks without
   a GPU; :mod:`.testing`: the error budget used by the tests.

@@ -44,30 +44,85 @@ class CompiledKernel:
     registers: int
     spill_bytes: int
     shared_bytes: int
+    loads: dict[int, int]  # bytes per ld.global instruction -> how many in the PTX
+    stores: dict[int, int]  # the same for st.global
+
+    @property
+    def narrow_loads(self) -> int:
+        """Global loads of fewer than 4 bytes each: one 16-bit element per instruction, the mark
+        of an access the compiler could not vectorise (alignment or mask not provable)."""
+        return sum(n for b, n in self.loads.items() if b < 4)
 
 
-def _signature(launch: Launch) -> tuple[dict[str, str], dict[str, object]]:
+_MEM = re.compile(r"\b(ld|st)\.global(?:\.[A-Za-z0-9_:]+)*?(?:\.v(\d))?\.[bfsu](8|16|32|64)\b")
+
+
+# global -> shared copies of software-pipelined loads (num_stages > 1): "..., [src], 0x10, ..."
+_ASYNC = re.compile(
+    r"\bcp\.async\.c[ag]\.shared\.global(?:\.[a-z0-9_]+)*\s+\[[^]]*\],\s*\[[^]]*\],\s*(0x[0-9a-fA-F]+|\d+)"
+)
+
+
+def memory_widths(ptx: str) -> tuple[dict[int, int], dict[int, int]]:
+    """Count the global loads (``ld.global`` and ``cp.async``) and stores of ``ptx`` by bytes
+    per instruction."""
+    out: tuple[dict[int, int], dict[int, int]] = ({}, {})
+    for op, vec, bits in _MEM.findall(ptx):
+        width = int(vec or 1) * int(bits) // 8
+        counts = out[0 if op == "ld" else 1]
+        counts[width] = counts.get(width, 0) + 1
+    for size in _ASYNC.findall(ptx):
+        width = int(size, 0)
+        out[0][width] = out[0].get(width, 0) + 1
+    return out
+
+
+def _int_spec(value: int) -> tuple[str, str]:
+    """Triton's launch-time specialisation of an int argument: ``(type, "D" | "")``, or
+    ``("constexpr", "")`` for the value 1 (Triton folds it)."""
+    if value == 1:
+        return "constexpr", ""
+    kind = "i64" if abs(value) >= 2**31 else "i32"
+    return kind, "D" if value % 16 == 0 else ""
+
+
+def _signature(launch: Launch) -> tuple[dict[str, str], dict[str, object], dict]:
+    """Signature, constexprs and attributes of the specialisation Triton compiles at launch.
+
+    As ``JITFunction.run`` does: tensors (16-byte aligned, as PyTorch allocates) and ints divisible
+    by 16 carry ``tt.divisibility = 16``, an int equal to 1 becomes a constant. Without these the
+    compiler cannot prove alignment, and a kernel compiled here would differ from the one that runs
+    (scalar instead of vector loads, other registers)."""
     fn = launch.kernel
     names = [p.name for p in fn.params if not p.is_constexpr]
     if len(names) != len(launch.args):
         raise ValueError(f"{fn.__name__}: {len(launch.args)} arguments for {len(names)} parameters")
     sig: dict[str, str] = {}
+    constexprs = dict(launch.constexprs)
+    attrs: dict[tuple[int, ...], list[list]] = {}
+    divisible = [["tt.divisibility", 16]]
     for name, arg in zip(names, launch.args):
+        idx = (fn.arg_names.index(name),)
         if isinstance(arg, torch.Tensor):
             sig[name] = "*" + _DTYPES[arg.dtype]
+            attrs[idx] = divisible
         elif isinstance(arg, bool):
             sig[name] = "i1"
         elif isinstance(arg, int):
-            sig[name] = "i64" if abs(arg) >= 2**31 else "i32"
+            kind, spec = _int_spec(arg)
+            sig[name] = kind
+            if kind == "constexpr":
+                constexprs[name] = arg
+            elif spec == "D":
+                attrs[idx] = divisible
         elif isinstance(arg, float):
             sig[name] = "fp32"
         else:
             raise TypeError(f"{fn.__name__}.{name}: unsupported argument type {type(arg).__name__}")
-    constexprs = dict(launch.constexprs)
     for p in fn.params:
         if p.is_constexpr:
             sig[p.name] = "constexpr"
-    return sig, constexprs
+    return sig, constexprs, attrs
 
 
 def _ptxas() -> str:
@@ -82,8 +137,8 @@ def compile_launch(launch: Launch, arch: int = 90) -> CompiledKernel:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    sig, constexprs = _signature(launch)
-    src = ASTSource(fn=launch.kernel, signature=sig, constexprs=constexprs)
+    sig, constexprs, attrs = _signature(launch)
+    src = ASTSource(fn=launch.kernel, signature=sig, constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(
         src,
         target=GPUTarget("cuda", arch, 32),
@@ -104,6 +159,7 @@ def compile_launch(launch: Launch, arch: int = 90) -> CompiledKernel:
     regs = re.search(r"Used (\d+) registers", out)
     spills = re.search(r"(\d+) bytes spill stores", out)
     keys = ", ".join(f"{k}={v}" for k, v in sorted(constexprs.items()))
+    loads, stores = memory_widths(ptx)
     return CompiledKernel(
         launch.kernel.__name__,
         keys,
@@ -111,15 +167,18 @@ def compile_launch(launch: Launch, arch: int = 90) -> CompiledKernel:
         int(regs.group(1)) if regs else -1,
         int(spills.group(1)) if spills else -1,
         int(compiled.metadata.shared),
+        loads,
+        stores,
     )
 
 
 def _key(launch: Launch) -> tuple:
-    sig, constexprs = _signature(launch)
+    sig, constexprs, attrs = _signature(launch)
     return (
         launch.kernel.__name__,
         tuple(sorted(sig.items())),
         tuple(sorted(constexprs.items())),
+        tuple(sorted(attrs)),
         launch.num_warps,
         launch.num_stages,
     )
@@ -238,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         worst = max(worst, c.spill_bytes)
         print(
             f"{c.name:26s} warps={c.num_warps} regs={c.registers:3d} spill={c.spill_bytes:5d}B "
-            f"smem={c.shared_bytes:6d}B  {c.constexprs}"
+            f"smem={c.shared_bytes:6d}B narrow-ld={c.narrow_loads:4d}  {c.constexprs}"
         )
     print("spills: none" if worst == 0 else f"WORST SPILL: {worst} bytes")
     return 0

@@ -33,6 +33,7 @@ import triton.language as tl
 from torch.nn import functional as F
 
 from .activations import act_code, act_fwd, act_grad
+from .alignment import assume_multiple, channel_align
 from .launch import cdiv, clamp_pow2, interpreting, launch, num_sms, split_for
 
 # Rows of the packed per-BN forward statistics ``[5, C]`` written by the finalize kernel.
@@ -128,9 +129,11 @@ def _bn_bwd_coef_kernel(
 @triton.jit
 def _bn_bwd_reduce_kernel(
     g_ptr, z_ptr, mean_ptr, rstd_ptr, sums_ptr, P, C,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ALIGN: tl.constexpr,
 ):  # fmt: skip
-    """``sums[0, c] += sum_p g``, ``sums[1, c] += sum_p g * (z - mean) * rstd`` (grid-stride)."""
+    """``sums[0, c] += sum_p g``, ``sums[1, c] += sum_p g * (z - mean) * rstd`` (grid-stride);
+    ``ALIGN`` divides ``C`` (:mod:`.alignment`)."""
+    C = assume_multiple(C, ALIGN)
     pid_p = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
@@ -155,10 +158,12 @@ def _bn_bwd_reduce_kernel(
 def _affine_act_kernel(
     z_ptr, out_ptr, res_ptr, sa_ptr, sb_ptr, pool_ptr, N, HW, C, IMGS, pool_scale,
     ACT: tl.constexpr, RESIDUAL: tl.constexpr, STORE: tl.constexpr, POOL: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ALIGN: tl.constexpr,
 ):  # fmt: skip
     """``y = act(z * a[c] + b[c]) (+ res)`` on pixels ``[pid_t*BLOCK_P, +BLOCK_P)`` of images
-    ``pid_g*IMGS ...``: stored, and/or its per-image mean added to ``pool [N, C]``."""
+    ``pid_g*IMGS ...``: stored, and/or its per-image mean added to ``pool [N, C]``. ``ALIGN``
+    divides ``C``."""
+    C = assume_multiple(C, ALIGN)
     r = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     n0 = tl.program_id(1) * IMGS
     c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -184,11 +189,14 @@ def _affine_act_kernel(
 def _bn_bwd_apply_kernel(
     g_ptr, z_ptr, out_ptr, ca_ptr, cb_ptr, cc_ptr, sa_ptr, sb_ptr, dmh_ptr, P, HW, C,
     ACT: tl.constexpr, SE_TERM: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):  # fmt: skip
     """``dz = A (g + dmh[n, c] * act'(z * sa + sb)) + B z + C``; ``out`` may alias ``g``.
 
     ``g`` is the gradient that reached ``u = BN(z)`` through the activation, except the SE
-    pooling path, whose per-pixel share ``dmh = dL/dmean / HW`` is added here (``SE_TERM``)."""
+    pooling path, whose per-pixel share ``dmh = dL/dmean / HW`` is added here (``SE_TERM``).
+    ``ALIGN`` divides ``C``."""
+    C = assume_multiple(C, ALIGN)
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
@@ -273,7 +281,7 @@ def bn_bwd_reduce(
     progs = split_for(cdiv(P, bp), ct, 8 * num_sms(g.device) if not interpreting(g.device) else 2)
     launch(
         _bn_bwd_reduce_kernel, (progs, ct), g, z, mean, rstd, sums, P, C,
-        BLOCK_P=bp, BLOCK_C=bc, num_warps=4, num_stages=2,
+        BLOCK_P=bp, BLOCK_C=bc, ALIGN=channel_align(C), num_warps=4, num_stages=2,
     )  # fmt: skip
 
 
@@ -308,7 +316,8 @@ def affine_act(
         z, out if out is not None else z, residual if residual is not None else z, scale, shift,
         pool if pool is not None else z, N, HW, C, imgs, 1.0 / HW,
         ACT=act_code(act), RESIDUAL=residual is not None, STORE=out is not None,
-        POOL=pool is not None, BLOCK_P=bp, BLOCK_C=bc, num_warps=4, num_stages=2,
+        POOL=pool is not None, BLOCK_P=bp, BLOCK_C=bc, ALIGN=channel_align(C), num_warps=4,
+        num_stages=2,
     )  # fmt: skip
 
 
@@ -331,7 +340,7 @@ def bn_bwd_apply(
     launch(
         _bn_bwd_apply_kernel, (cdiv(P, bp), cdiv(C, bc)), g, z, out, coef[0], coef[1], coef[2],
         se[1], se[2], se[0], P, HW, C, ACT=act_code(act), SE_TERM=se_term is not None,
-        BLOCK_P=bp, BLOCK_C=bc, num_warps=4, num_stages=2,
+        BLOCK_P=bp, BLOCK_C=bc, ALIGN=channel_align(C), num_warps=4, num_stages=2,
     )  # fmt: skip
 
 

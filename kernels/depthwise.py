@@ -30,6 +30,7 @@ import triton.language as tl
 from torch.nn import functional as F
 
 from .activations import act_code, act_fwd, act_grad
+from .alignment import assume_multiple, channel_align
 from .launch import cdiv, interpreting, launch, next_pow2, num_sms, split_for
 from .pointwise import expand_tile
 
@@ -44,7 +45,7 @@ def _dw_conv_fwd_kernel(
     KSIZE: tl.constexpr, STRIDE: tl.constexpr, PRO: tl.constexpr, PRO_ACT: tl.constexpr,
     EPI: tl.constexpr, EPI_ACT: tl.constexpr,
     STORE: tl.constexpr, STATS: tl.constexpr, POOL: tl.constexpr,
-    TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr, ALIGN: tl.constexpr,
 ):  # fmt: skip
     """Output tile ``TILE_H x TILE_W`` x ``BLOCK_C`` channels of images ``pid_g*IMGS ...``.
 
@@ -52,12 +53,14 @@ def _dw_conv_fwd_kernel(
     inside it; tap ``(i, j)`` is the tile's centre offsets plus the scalar
     ``((i - p)*W + (j - p))*C``. The kernel rows are a runtime loop and the columns unrolled, so
     the compiler keeps only k column masks live instead of hoisting k^2 masks and offsets out of
-    the image loop (which spilled at k = 7)."""
+    the image loop (which spilled at k = 7). ``ALIGN`` divides ``C`` (:mod:`.alignment`)."""
+    C = assume_multiple(C, ALIGN)
+    IMG_IN = assume_multiple(IMG_IN, ALIGN)
+    IMG_OUT = assume_multiple(IMG_OUT, ALIGN)
     pid_t = tl.program_id(0)
     pid_g = tl.program_id(1)
     pid_c = tl.program_id(2)
     PAD: tl.constexpr = KSIZE // 2
-    KK: tl.constexpr = KSIZE * KSIZE
     th = pid_t // TILES_W
     tw = pid_t % TILES_W
     r = tl.arange(0, TILE_H * TILE_W)
@@ -97,7 +100,7 @@ def _dw_conv_fwd_kernel(
                 v = v.to(tl.float32)
                 if PRO == 1:
                     v = tl.where(m, act_fwd(v * sa[None, :] + sb[None, :], PRO_ACT), 0.0)
-                wv = tl.load(w_ptr + c * KK + (i * KSIZE + j), mask=c_ok, other=0.0)
+                wv = tl.load(w_ptr + (i * KSIZE + j) * C + c, mask=c_ok, other=0.0)
                 acc += v * wv.to(tl.float32)[None, :]
         if EPI == 2:
             acc = acc * e_scale[None, :] + e_shift[None, :]
@@ -125,6 +128,7 @@ def _dw_conv_bwd_kernel(
     KSIZE: tl.constexpr, STRIDE: tl.constexpr, PRO: tl.constexpr, PRO_ACT: tl.constexpr,
     BN_SUMS: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
     KK_PAD: tl.constexpr, XS: tl.constexpr, BLOCK_CIN: tl.constexpr, DOT_F32: tl.constexpr,
+    ALIGN: tl.constexpr, ALIGN_X: tl.constexpr,
 ):  # fmt: skip
     """Input gradient and weight gradient of the depthwise conv, for the input pixels
     ``(a*s + ph, b*s + pw)`` of one tile of the parity class ``(ph, pw)``.
@@ -135,8 +139,13 @@ def _dw_conv_bwd_kernel(
     ``PRO == 2`` rebuilds it as the expand conv's output ``x W1^T`` (``x`` sampled with stride
     ``XS``) on the tensor cores, so the training block never stores ``z1``. Tap ``(i, j)`` reads output
     pixel ``(a + (ph + p - i)/s, b + (pw + p - j)/s)``: the tile's ``(a, b)`` offsets plus a
-    scalar, as in the forward kernel.
+    scalar, as in the forward kernel. ``ALIGN`` divides ``C``, ``ALIGN_X`` divides ``CIN``.
     """
+    C = assume_multiple(C, ALIGN)
+    IMG_IN = assume_multiple(IMG_IN, ALIGN)
+    IMG_OUT = assume_multiple(IMG_OUT, ALIGN)
+    CIN = assume_multiple(CIN, ALIGN_X)
+    IMG_X = assume_multiple(IMG_X, ALIGN_X)
     pid_t = tl.program_id(0)
     pid_g = tl.program_id(1)
     pid_c = tl.program_id(2)
@@ -199,7 +208,7 @@ def _dw_conv_bwd_kernel(
                         m = (h_ok & (wo >= 0) & (wo < Wo))[:, None] & c_ok[None, :]
                         g = tl.load(gb + (dho * Wo + dwo) * C + out_offs, mask=m, other=0.0)
                         g = g.to(tl.float32)
-                        wv = tl.load(w_ptr + c * KK + (i * KSIZE + j), mask=c_ok, other=0.0)
+                        wv = tl.load(w_ptr + (i * KSIZE + j) * C + c, mask=c_ok, other=0.0)
                         da += g * wv.to(tl.float32)[None, :]
                         tap = tl.sum(g * a_in, axis=0)
                         dwacc = tl.where(kk[:, None] == i * KSIZE + j, dwacc + tap[None, :], dwacc)
@@ -232,6 +241,14 @@ def channel_block(C: int, choices: tuple[int, ...] = (64, 32, 16)) -> int:
 
 def _tiles(device: torch.device) -> tuple[int, int]:
     return (4, 8) if interpreting(device) else (8, 8)
+
+
+def taps_major(weight: torch.Tensor) -> torch.Tensor:
+    """``[C, 1, k, k]`` -> ``[k*k, C]`` contiguous: the kernels read one tap's weights for a
+    channel tile as one vector load. In the PyTorch layout the channels of a tap lie ``k*k``
+    elements apart, which took one scalar load per channel and tap (sm_90 PTX of layer 4's
+    forward: 56 such loads against 14 vector loads of the input)."""
+    return weight.reshape(weight.shape[0], -1).t().contiguous()
 
 
 def dw_out_size(h: int, stride: int) -> int:
@@ -285,14 +302,14 @@ def dw_conv_fwd(
     launch(
         _dw_conv_fwd_kernel,
         (tiles, cdiv(N, imgs), cdiv(C, bc)),
-        x, weight, out if out is not None else x, pv[0], pv[1],
+        x, taps_major(weight), out if out is not None else x, pv[0], pv[1],
         ev[0], ev[1], ev[2], ev[3], stats if stats is not None else x,
         pool if pool is not None else x,
         N, C, H, W, Ho, Wo, H * W * C, Ho * Wo * C, tiles_w, imgs, float(eps), 1.0 / (Ho * Wo),
         KSIZE=k, STRIDE=stride, PRO=1 if pro_vecs is not None else 0, PRO_ACT=act_code(pro_act),
         EPI=EPI_BN_EVAL if bn_eval is not None else EPI_NONE, EPI_ACT=act_code(epi_act),
         STORE=out is not None, STATS=stats is not None, POOL=pool is not None,
-        TILE_H=th_, TILE_W=tw_, BLOCK_C=bc, num_warps=4, num_stages=1,
+        TILE_H=th_, TILE_W=tw_, BLOCK_C=bc, ALIGN=channel_align(C), num_warps=4, num_stages=1,
     )  # fmt: skip
     return out
 
@@ -334,7 +351,8 @@ def dw_conv_bwd(
     if interpreting(dev):
         bc, imgs = 32, 2
     else:
-        bc = channel_block(C, (32, 16))
+        # k = 7 with the z1 rebuild: at 32 channels the vectorised tiles spilled 132 B; 16 do not
+        bc = channel_block(C, (16,) if k >= 7 and rebuild is not None else (32, 16))
         groups = split_for(N, tiles * cdiv(C, bc), 16 * num_sms(dev))
         imgs = cdiv(N, groups)
     pv = pro_vecs if pro_vecs is not None else (dx, dx)
@@ -348,14 +366,15 @@ def dw_conv_bwd(
     launch(
         _dw_conv_bwd_kernel,
         (tiles, cdiv(N, imgs), cdiv(C, bc)),
-        dz, z if z is not None else dx, weight, dx, dw, bs[0], pv[0], pv[1], bs[1], bs[2], x, w1,
+        dz, z if z is not None else dx, taps_major(weight), dx, dw, bs[0], pv[0], pv[1], bs[1], bs[2], x, w1,
         N, C, H, W, Ho, Wo, H * W * C, Ho * Wo * C, tiles_w, per_class, imgs, cin, hx, wx,
         hx * wx * cin,
         KSIZE=k, STRIDE=stride, PRO=pro, PRO_ACT=act_code(pro_act),
         BN_SUMS=bn_sums is not None, TILE_H=th_, TILE_W=tw_, BLOCK_C=bc,
         # the z1 rebuild adds a [64, BLOCK_CIN] x tile: at 32 the k = 7 kernel spilled 92 B
         KK_PAD=max(16, next_pow2(k * k)), XS=xs, BLOCK_CIN=16,
-        DOT_F32=x.dtype == torch.float32, num_warps=8 if pro == 2 else 4, num_stages=1,
+        DOT_F32=x.dtype == torch.float32, ALIGN=channel_align(C), ALIGN_X=channel_align(cin),
+        num_warps=8 if pro == 2 else 4, num_stages=1,
     )  # fmt: skip
 
 
@@ -364,4 +383,11 @@ def depthwise_ref(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.T
     return F.conv2d(x, weight, None, stride, weight.shape[-1] // 2, 1, x.shape[1])
 
 
-__all__ = ["channel_block", "depthwise_ref", "dw_conv_bwd", "dw_conv_fwd", "dw_out_size"]
+__all__ = [
+    "channel_block",
+    "depthwise_ref",
+    "dw_conv_bwd",
+    "dw_conv_fwd",
+    "dw_out_size",
+    "taps_major",
+]

@@ -79,6 +79,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .activations import act_code, act_fwd, act_grad, act_grad_ref, act_ref, module_act_name
+from .alignment import assume_multiple, channel_align
 from .batchnorm import (
     MEAN,
     RSTD,
@@ -93,7 +94,7 @@ from .batchnorm import (
     bn_gram_finalize,
     bn_train_finalize,
 )
-from .depthwise import dw_conv_bwd, dw_conv_fwd, dw_out_size
+from .depthwise import dw_conv_bwd, dw_conv_fwd, dw_out_size, taps_major
 from .launch import (
     call_op,
     cdiv,
@@ -130,15 +131,19 @@ def _dw_project_fwd_kernel(
     E, COUT, H, W, Ho, Wo, IMG_IN, IMG_RES, TILES_W, eps2, eps3,
     KSIZE: tl.constexpr, STRIDE: tl.constexpr, ACT: tl.constexpr, RESIDUAL: tl.constexpr,
     DOT_F32: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
-    BLOCK_E: tl.constexpr, BLOCK_CO: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_CO: tl.constexpr, ALIGN: tl.constexpr, ALIGN_O: tl.constexpr,
 ):  # fmt: skip
     """Inference: ``y = BN3(act(BN2(dw(h1))) @ W3^T) (+ x)`` for one ``TILE_H x TILE_W`` tile of
     image ``program_id(1)``; the depthwise output of each ``BLOCK_E`` channel chunk goes from
-    registers into the tensor-core dot without touching memory."""
+    registers into the tensor-core dot without touching memory. ``wdw`` is tap-major ``[k*k, E]``
+    (:func:`taps_major`); ``ALIGN`` divides ``E``, ``ALIGN_O`` divides ``COUT``."""
+    E = assume_multiple(E, ALIGN)
+    IMG_IN = assume_multiple(IMG_IN, ALIGN)
+    COUT = assume_multiple(COUT, ALIGN_O)
+    IMG_RES = assume_multiple(IMG_RES, ALIGN_O)
     pid_t = tl.program_id(0)
     n = tl.program_id(1)
     PAD: tl.constexpr = KSIZE // 2
-    KK: tl.constexpr = KSIZE * KSIZE
     th = pid_t // TILES_W
     tw = pid_t % TILES_W
     r = tl.arange(0, TILE_H * TILE_W)
@@ -161,7 +166,7 @@ def _dw_project_fwd_kernel(
                 wi = wo * STRIDE + (j - PAD)
                 m = (h_ok & (wi >= 0) & (wi < W))[:, None] & e_ok[None, :]
                 v = tl.load(hb + (e0 + ((i - PAD) * W + (j - PAD)) * E) + centre, mask=m, other=0.0)
-                wv = tl.load(wdw_ptr + e * KK + (i * KSIZE + j), mask=e_ok, other=0.0)
+                wv = tl.load(wdw_ptr + (i * KSIZE + j) * E + e, mask=e_ok, other=0.0)
                 d += v.to(tl.float32) * wv.to(tl.float32)[None, :]
         gamma = tl.load(g2_ptr + e, mask=e_ok, other=1.0).to(tl.float32)
         beta = tl.load(b2_ptr + e, mask=e_ok, other=0.0).to(tl.float32)
@@ -197,7 +202,7 @@ def _project_bwd_kernel(
     du2_ptr, r2_ptr, se_ptr, dw3_ptr,
     N, E, COUT, HW, IMGS,
     ACT: tl.constexpr, GATE: tl.constexpr, FUSE_WGRAD: tl.constexpr, DOT_F32: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_CO: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_CO: tl.constexpr, ALIGN: tl.constexpr,
 ):  # fmt: skip
     """Backward through the project conv, the SE gate, the activation and into BN2's output.
 
@@ -214,7 +219,10 @@ def _project_bwd_kernel(
 
     The SE pooling share ``dm[n, e] / HW * act'(u2)`` is only known after the SE MLP backward; it
     is added to the BN2 sums through S2, S4 on the host and to ``du2`` by ``bn_bwd_apply``.
+    ``ALIGN`` divides ``E`` and ``COUT``.
     """
+    E = assume_multiple(E, ALIGN)
+    COUT = assume_multiple(COUT, ALIGN)
     pid_t = tl.program_id(0)
     pid_g = tl.program_id(1)
     pid_e = tl.program_id(2)
@@ -347,12 +355,13 @@ def dw_project_fwd(
     launch(
         _dw_project_fwd_kernel,
         (cdiv(Ho, th_) * tiles_w, N),
-        h1, wdw, w3, out, residual if residual is not None else h1,
+        h1, taps_major(wdw), w3, out, residual if residual is not None else h1,
         *bn2, *bn3, E, cout, H, W, Ho, Wo, H * W * E, Ho * Wo * cout, tiles_w, float(eps2),
         float(eps3),
         KSIZE=k, STRIDE=stride, ACT=act_code(act), RESIDUAL=residual is not None,
         DOT_F32=h1.dtype == torch.float32, TILE_H=th_, TILE_W=tw_, BLOCK_E=be, BLOCK_CO=bco,
-        num_warps=8 if bco > 64 else 4, num_stages=1,
+        ALIGN=channel_align(E), ALIGN_O=channel_align(cout), num_warps=8 if bco > 64 else 4,
+        num_stages=1,
     )  # fmt: skip
 
 
@@ -395,7 +404,7 @@ def project_bwd(
         N, E, cout, HW, imgs,
         ACT=act_code(act), GATE=gate is not None, FUSE_WGRAD=fuse,
         DOT_F32=dy.dtype == torch.float32, BLOCK_P=bp, BLOCK_E=be, BLOCK_CO=bco,
-        num_warps=8, num_stages=2,
+        ALIGN=channel_align(E, cout), num_warps=8, num_stages=2,
     )  # fmt: skip
     return fuse
 

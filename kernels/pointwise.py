@@ -39,6 +39,7 @@ import triton.language as tl
 from torch.nn import functional as F
 
 from .activations import act_code, act_fwd
+from .alignment import assume_multiple, channel_align
 from .launch import cdiv, clamp_pow2, interpreting, launch, num_sms, split_for
 
 PRO_NONE, PRO_AFFINE, PRO_BN_BWD, PRO_BN_BWD_X, PRO_APPEND_ONE = 0, 1, 2, 3, 4
@@ -100,10 +101,18 @@ def _pw_conv_fwd_kernel(
     EPI: tl.constexpr, EPI_ACT: tl.constexpr, RESIDUAL: tl.constexpr, STATS: tl.constexpr,
     IN_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr, DOT_F32: tl.constexpr, WIDE: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ALIGN_K: tl.constexpr, ALIGN_N: tl.constexpr, ALIGN_Z: tl.constexpr,
+    ALIGN_WN: tl.constexpr, ALIGN_WK: tl.constexpr,
 ):  # fmt: skip
     """One program: output columns ``[pid_n*BLOCK_N, +BLOCK_N)`` of the pixel tiles
     ``pid_p, pid_p + num_programs(0), ...`` (a grid-stride loop, so BN statistics are summed in
-    registers and reach memory with one atomic per program and channel)."""
+    registers and reach memory with one atomic per program and channel). Each ``ALIGN_*``
+    divides its count (:mod:`.alignment`)."""
+    K = assume_multiple(K, ALIGN_K)
+    NOUT = assume_multiple(NOUT, ALIGN_N)
+    CIN_Z = assume_multiple(CIN_Z, ALIGN_Z)
+    stride_wn = assume_multiple(stride_wn, ALIGN_WN)
+    stride_wk = assume_multiple(stride_wk, ALIGN_WK)
     pid_p = tl.program_id(0)
     pid_n = tl.program_id(1)
     nprog_p = tl.num_programs(0)
@@ -197,6 +206,7 @@ def _pw_conv_wgrad_kernel(
     PRO_A: tl.constexpr, PRO_B: tl.constexpr, PRO_B_ACT: tl.constexpr, GATE_B: tl.constexpr,
     A_STRIDE: tl.constexpr, B_STRIDE: tl.constexpr, DOT_F32: tl.constexpr, WIDE: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CZ: tl.constexpr,
+    ALIGN_O: tl.constexpr, ALIGN_C: tl.constexpr, ALIGN_A: tl.constexpr,
 ):  # fmt: skip
     """``dW[o, c] += sum_p A'[p, o] * B'[p, c]`` over the pixel tiles ``pid_s, pid_s + split, ...``;
     the fp32 ``dW`` is zeroed by the host and summed into with one atomic per program.
@@ -204,7 +214,11 @@ def _pw_conv_wgrad_kernel(
     ``A'``: ``A`` (rows of ``stride_a`` elements, sampled with ``A_STRIDE``); ``PRO_A == 2``:
     ``ca A + cb z + cc``; ``PRO_A == 3``: the same with ``z = B @ W_z^T`` rebuilt from the B
     operand (the expand input) and ``W_z``; ``PRO_A == 4``: ``[A, 1]`` (column ``NO - 1`` is
-    all ones, so ``dW`` gets ``A^T B`` and the column sums of ``B``: a Gram matrix and a mean)."""
+    all ones, so ``dW`` gets ``A^T B`` and the column sums of ``B``: a Gram matrix and a mean).
+    Each ``ALIGN_*`` divides its count (:mod:`.alignment`)."""
+    NO = assume_multiple(NO, ALIGN_O)
+    C = assume_multiple(C, ALIGN_C)
+    stride_a = assume_multiple(stride_a, ALIGN_A)
     pid_o = tl.program_id(0)
     pid_c = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -218,8 +232,8 @@ def _pw_conv_wgrad_kernel(
         cb = tl.load(pb_ptr + o, mask=o_ok, other=0.0)
         cc = tl.load(pc_ptr + o, mask=o_ok, other=0.0)
     a_cols = o_ok
-    if PRO_A == 4:
-        a_cols = o < NO - 1
+    if PRO_A == 4:  # NO - 1 == stride_a: the aligned count keeps the mask vectorisable
+        a_cols = o < stride_a
     if PRO_B == 1:
         sa = tl.load(qa_ptr + c, mask=c_ok, other=0.0)
         sb = tl.load(qb_ptr + c, mask=c_ok, other=0.0)
@@ -350,7 +364,9 @@ def pw_conv_fwd(
         EPI=epi, EPI_ACT=act_code(epi_act), RESIDUAL=residual is not None,
         STATS=stats is not None, IN_STRIDE=in_stride, OUT_STRIDE=out_stride,
         DOT_F32=a.dtype == torch.float32, WIDE=_wide(a, out, z, residual),
-        BLOCK_P=bp, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
+        BLOCK_P=bp, BLOCK_N=bn, BLOCK_K=bk, ALIGN_K=channel_align(K), ALIGN_N=channel_align(NOUT),
+        ALIGN_Z=channel_align(cin_z), ALIGN_WN=channel_align(stride_wn),
+        ALIGN_WK=channel_align(stride_wk), num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out
 
@@ -420,6 +436,7 @@ def pw_conv_wgrad(
         PRO_B_ACT=act_code(pro_b_act), GATE_B=gate is not None, A_STRIDE=a_stride,
         B_STRIDE=b_stride, DOT_F32=a.dtype == torch.float32, WIDE=_wide(a, b, z),
         BLOCK_P=bp, BLOCK_O=bo, BLOCK_C=bc, BLOCK_CZ=clamp_pow2(C, 16, 32),
+        ALIGN_O=channel_align(NO), ALIGN_C=channel_align(C), ALIGN_A=channel_align(O),
         num_warps=warps, num_stages=2,
     )  # fmt: skip
     return dw

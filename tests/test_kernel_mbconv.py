@@ -117,8 +117,8 @@ def _out_hw(case: Case) -> tuple[int, int]:
 
 # Every kernel size, stride, expansion, activation, SE on/off (both SE flavours), residual on/off,
 # odd sizes, a channel count past one channel tile, the unfused project-backward path (Cout 40 >
-# the interpreter's 32-wide tile), a folded-LET expand stride and a batch of 3 (ragged image groups
-# of 2).
+# the interpreter's 32-wide tile), a folded-LET expand stride, a batch of 3 (ragged image groups
+# of 2), and channel counts 7 -> 21 -> 10 whose alignment hints are 1 and 2 (kernels/alignment.py).
 TRAIN_CASES = [
     Case(8, 8, 3, 3, 1, "relu", False, 9),
     Case(8, 12, 6, 5, 2, "relu6", True, 9),
@@ -131,6 +131,7 @@ TRAIN_CASES = [
     Case(8, 12, 3, 3, 1, "hswish", False, 9, expand_stride=2),
     Case(8, 8, 6, 5, 1, "hswish", True, 5, N=3),
     Case(12, 12, 3, 3, 1, "relu6", False, 7, x_offset=3.0),
+    Case(7, 10, 3, 5, 1, "hswish", True, 7),
 ]
 
 INFER_CASES = [
@@ -140,6 +141,7 @@ INFER_CASES = [
     Case(8, 300, 3, 3, 1, "hswish", False, 5),  # Cout > 256: the unfused dw + GEMM path
     Case(8, 12, 3, 5, 1, "relu6", True, 9, expand_stride=2),
     Case(8, 8, 6, 3, 2, "swish", True, 7, N=3, se_cfg=FAIRNAS_SE),
+    Case(6, 6, 3, 3, 1, "relu", False, 7),  # 6 -> 18 -> 6 channels: alignment hint 2, residual
 ]
 
 
@@ -301,6 +303,7 @@ GPU_CASES = [
     Case(16, 32, 6, 7, 2, "hswish", False, 112, N=16),
     Case(32, 32, 3, 5, 1, "hswish", True, 56, N=16),
     Case(40, 40, 6, 7, 1, "hswish", True, 28, N=16),
+    Case(40, 40, 3, 7, 1, "hswish", True, 28, N=16),  # Scarlet-A layer 4: 120 channels, align 8
     Case(80, 96, 6, 3, 1, "hswish", True, 14, N=16),
     Case(96, 192, 6, 5, 2, "hswish", False, 14, N=16),
     Case(192, 320, 6, 3, 1, "hswish", True, 7, N=16),
