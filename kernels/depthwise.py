@@ -82,9 +82,9 @@ def _dw_conv_fwd_kernel(
         rvar = tl.load(ed_ptr + c, mask=c_ok, other=1.0).to(tl.float32)
         e_scale = gamma * tl.rsqrt(rvar + eps)
         e_shift = beta - rmean * e_scale
-    if STATS:
-        s_acc = tl.zeros([BLOCK_C], dtype=tl.float32)
-        q_acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    if STATS:  # summed elementwise over the images, reduced over the pixels once at the end
+        s_acc = tl.zeros([TILE_H * TILE_W, BLOCK_C], dtype=tl.float32)
+        q_acc = tl.zeros([TILE_H * TILE_W, BLOCK_C], dtype=tl.float32)
     om = row_ok[:, None] & c_ok[None, :]
     n0 = pid_g * IMGS
     for n in range(n0, tl.minimum(n0 + IMGS, N)):
@@ -109,15 +109,56 @@ def _dw_conv_fwd_kernel(
             tl.store(out_ptr + tl.cast(n, tl.int64) * IMG_OUT + out_offs, acc, mask=om)
         if STATS or POOL:
             accm = tl.where(om, acc, 0.0)
-            col = tl.sum(accm, axis=0)
             if STATS:
-                s_acc += col
-                q_acc += tl.sum(accm * accm, axis=0)
+                s_acc += accm
+                q_acc += accm * accm
             if POOL:
+                col = tl.sum(accm, axis=0)
                 tl.atomic_add(pool_ptr + (n * C + c), col * pool_scale, mask=c_ok)
     if STATS:
-        tl.atomic_add(stats_ptr + c, s_acc, mask=c_ok)
-        tl.atomic_add(stats_ptr + C + c, q_acc, mask=c_ok)
+        tl.atomic_add(stats_ptr + c, tl.sum(s_acc, axis=0), mask=c_ok)
+        tl.atomic_add(stats_ptr + C + c, tl.sum(q_acc, axis=0), mask=c_ok)
+
+
+@triton.jit
+def _bwd_tile(pid_t, pid_c, TILES_PER_CLASS, TILES_W, C, H, W, Wo, Wx, STRIDE: tl.constexpr,
+              XS: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+              BLOCK_C: tl.constexpr):  # fmt: skip
+    """The input pixels of backward tile ``pid_t`` and channels of ``pid_c``: the parity class
+    ``(ph, pw)``, positions ``(ta, tb)`` inside it (image pixel ``(ta, tb) * s + (ph, pw)``),
+    the channels, the masks, and the offsets inside one image of the input (``in_offs``), of the
+    output pixel ``(ta, tb)`` (``out_offs``) and of the expand input's row (``x_rows``)."""
+    cls = pid_t // TILES_PER_CLASS
+    t = pid_t % TILES_PER_CLASS
+    ph = cls // STRIDE
+    pw = cls % STRIDE
+    th = t // TILES_W
+    tw = t % TILES_W
+    r = tl.arange(0, TILE_H * TILE_W)
+    ta = th * TILE_H + r // TILE_W
+    tb = tw * TILE_W + r % TILE_W
+    hi = ta * STRIDE + ph
+    wi = tb * STRIDE + pw
+    in_ok = (hi < H) & (wi < W)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    im = in_ok[:, None] & c_ok[None, :]
+    in_offs = ((hi * W + wi) * C)[:, None] + c[None, :]
+    out_offs = ((ta * Wo + tb) * C)[:, None] + c[None, :]
+    x_rows = hi * XS * Wx + wi * XS
+    return ph, pw, ta, tb, in_ok, c, c_ok, im, in_offs, out_offs, x_rows
+
+
+@triton.jit
+def _conv_input(z_img, x_img, w1_ptr, in_offs, im, x_rows, in_ok, c, c_ok, CIN,
+                PRO: tl.constexpr, BLOCK_CIN: tl.constexpr, DOT_F32: tl.constexpr):  # fmt: skip
+    """The conv input ``z`` of one image tile, before any prologue (fp32): read from ``z_img``,
+    or (``PRO == 2``) rebuilt as ``x W1^T`` from the image's expand input ``x_img``."""
+    if PRO == 2:
+        zv = expand_tile(x_img, w1_ptr, x_rows, in_ok, c, c_ok, CIN, BLOCK_CIN, DOT_F32)
+    else:
+        zv = tl.load(z_img + in_offs, mask=im, other=0.0).to(tl.float32)
+    return zv
 
 
 @triton.jit
@@ -128,9 +169,9 @@ def _dw_conv_bwd_kernel(
     KSIZE: tl.constexpr, STRIDE: tl.constexpr, PRO: tl.constexpr, PRO_ACT: tl.constexpr,
     BN_SUMS: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
     KK_PAD: tl.constexpr, XS: tl.constexpr, BLOCK_CIN: tl.constexpr, DOT_F32: tl.constexpr,
-    ALIGN: tl.constexpr, ALIGN_X: tl.constexpr,
+    ALIGN: tl.constexpr, ALIGN_X: tl.constexpr, WGRAD: tl.constexpr,
 ):  # fmt: skip
-    """Input gradient and weight gradient of the depthwise conv, for the input pixels
+    """Input gradient and (``WGRAD``) weight gradient of the depthwise conv, for the input pixels
     ``(a*s + ph, b*s + pw)`` of one tile of the parity class ``(ph, pw)``.
 
     With ``PRO`` the conv input was ``act(u)``, ``u = z * sa + sb`` (training BN + activation):
@@ -140,6 +181,8 @@ def _dw_conv_bwd_kernel(
     ``XS``) on the tensor cores, so the training block never stores ``z1``. Tap ``(i, j)`` reads output
     pixel ``(a + (ph + p - i)/s, b + (pw + p - j)/s)``: the tile's ``(a, b)`` offsets plus a
     scalar, as in the forward kernel. ``ALIGN`` divides ``C``, ``ALIGN_X`` divides ``CIN``.
+    Without ``WGRAD`` the weight gradient is left to :func:`_dw_wgrad_kernel`: here it costs a
+    cross-warp reduction per tap and image.
     """
     C = assume_multiple(C, ALIGN)
     IMG_IN = assume_multiple(IMG_IN, ALIGN)
@@ -151,24 +194,9 @@ def _dw_conv_bwd_kernel(
     pid_c = tl.program_id(2)
     PAD: tl.constexpr = KSIZE // 2
     KK: tl.constexpr = KSIZE * KSIZE
-    cls = pid_t // TILES_PER_CLASS
-    t = pid_t % TILES_PER_CLASS
-    ph = cls // STRIDE
-    pw = cls % STRIDE
-    th = t // TILES_W
-    tw = t % TILES_W
-    r = tl.arange(0, TILE_H * TILE_W)
-    ta = th * TILE_H + r // TILE_W  # position inside the parity class
-    tb = tw * TILE_W + r % TILE_W
-    hi = ta * STRIDE + ph
-    wi = tb * STRIDE + pw
-    in_ok = (hi < H) & (wi < W)
-    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    im = in_ok[:, None] & c_ok[None, :]
-    in_offs = ((hi * W + wi) * C)[:, None] + c[None, :]
-    x_rows = hi * XS * Wx + wi * XS  # PRO == 2: the expand input's pixel, inside one image
-    out_offs = ((ta * Wo + tb) * C)[:, None] + c[None, :]
+    ph, pw, ta, tb, in_ok, c, c_ok, im, in_offs, out_offs, x_rows = _bwd_tile(
+        pid_t, pid_c, TILES_PER_CLASS, TILES_W, C, H, W, Wo, Wx, STRIDE, XS, TILE_H, TILE_W, BLOCK_C
+    )
     kk = tl.arange(0, KK_PAD)
     dwacc = tl.zeros([KK_PAD, BLOCK_C], dtype=tl.float32)
     if PRO != 0:
@@ -177,16 +205,14 @@ def _dw_conv_bwd_kernel(
     if BN_SUMS:
         mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0)
         rstd = tl.load(rstd_ptr + c, mask=c_ok, other=0.0)
-        s1 = tl.zeros([BLOCK_C], dtype=tl.float32)
-        s2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+        # summed elementwise over the images, reduced over the pixels once at the end
+        s1 = tl.zeros([TILE_H * TILE_W, BLOCK_C], dtype=tl.float32)
+        s2 = tl.zeros([TILE_H * TILE_W, BLOCK_C], dtype=tl.float32)
     n0 = pid_g * IMGS
     for n in range(n0, tl.minimum(n0 + IMGS, N)):
         n64 = tl.cast(n, tl.int64)
-        if PRO == 2:
-            xb = x_ptr + n64 * IMG_X
-            zv = expand_tile(xb, w1_ptr, x_rows, in_ok, c, c_ok, CIN, BLOCK_CIN, DOT_F32)
-        else:
-            zv = tl.load(z_ptr + n64 * IMG_IN + in_offs, mask=im, other=0.0).to(tl.float32)
+        zv = _conv_input(z_ptr + n64 * IMG_IN, x_ptr + n64 * IMG_X, w1_ptr, in_offs, im, x_rows,
+                         in_ok, c, c_ok, CIN, PRO, BLOCK_CIN, DOT_F32)  # fmt: skip
         if PRO != 0:
             u = zv * sa[None, :] + sb[None, :]
             a_in = tl.where(im, act_fwd(u, PRO_ACT), 0.0)
@@ -210,20 +236,133 @@ def _dw_conv_bwd_kernel(
                         g = g.to(tl.float32)
                         wv = tl.load(w_ptr + (i * KSIZE + j) * C + c, mask=c_ok, other=0.0)
                         da += g * wv.to(tl.float32)[None, :]
-                        tap = tl.sum(g * a_in, axis=0)
-                        dwacc = tl.where(kk[:, None] == i * KSIZE + j, dwacc + tap[None, :], dwacc)
+                        if WGRAD:
+                            tap = tl.sum(g * a_in, axis=0)
+                            hit = kk[:, None] == i * KSIZE + j
+                            dwacc = tl.where(hit, dwacc + tap[None, :], dwacc)
         if PRO != 0:
             da = tl.where(im, da * act_grad(u, PRO_ACT), 0.0)
         tl.store(dx_ptr + n64 * IMG_IN + in_offs, da, mask=im)
         if BN_SUMS:
-            s1 += tl.sum(da, axis=0)
-            s2 += tl.sum(tl.where(im, da * (zv - mean[None, :]) * rstd[None, :], 0.0), axis=0)
-    tl.atomic_add(
-        dw_ptr + c[None, :] * KK + kk[:, None], dwacc, mask=(kk[:, None] < KK) & c_ok[None, :]
-    )
+            s1 += tl.where(im, da, 0.0)
+            s2 += tl.where(im, da * (zv - mean[None, :]) * rstd[None, :], 0.0)
+    if WGRAD:
+        dw_offs = c[None, :] * KK + kk[:, None]
+        tl.atomic_add(dw_ptr + dw_offs, dwacc, mask=(kk[:, None] < KK) & c_ok[None, :])
     if BN_SUMS:
-        tl.atomic_add(sums_ptr + c, s1, mask=c_ok)
-        tl.atomic_add(sums_ptr + C + c, s2, mask=c_ok)
+        tl.atomic_add(sums_ptr + c, tl.sum(s1, axis=0), mask=c_ok)
+        tl.atomic_add(sums_ptr + C + c, tl.sum(s2, axis=0), mask=c_ok)
+
+
+@triton.jit
+def _dw_wgrad_kernel(
+    dz_ptr, z_ptr, dw_ptr, sa_ptr, sb_ptr, x_ptr, w1_ptr,
+    N, C, H, W, Ho, Wo, IMG_IN, IMG_OUT, TILES_W, TILES_PER_CLASS, IMGS, CIN, Hx, Wx, IMG_X,
+    KSIZE: tl.constexpr, STRIDE: tl.constexpr, PRO: tl.constexpr, PRO_ACT: tl.constexpr,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr, XS: tl.constexpr,
+    BLOCK_CIN: tl.constexpr, DOT_F32: tl.constexpr, ALIGN: tl.constexpr, ALIGN_X: tl.constexpr,
+):  # fmt: skip
+    """Weight gradient of the depthwise conv, ``dw[c, i, j] += sum a_in * dz(shifted by the tap)``
+    over one input tile of the parity class ``(ph, pw)`` in images ``pid_g*IMGS ...``.
+
+    Tiles, parity classes and the input ``a_in`` (``PRO`` as in :func:`_dw_conv_bwd_kernel`) are
+    those of the input-gradient kernel; the loop order is not. For each kernel row ``i`` the
+    products of its ``k`` taps are summed over all the program's images elementwise, in ``k``
+    register tiles, and reduced over the pixels once at the end: ``k^2`` cross-warp reductions
+    per program instead of ``k^2`` per image (at batch 256 a program holds ~37 images). The price
+    is ``a_in`` rebuilt once per row instead of once per image. Accumulators ``acc0..acc8``:
+    kernels up to 9x9; the unused ones stay zero and are never stored.
+    """
+    C = assume_multiple(C, ALIGN)
+    IMG_IN = assume_multiple(IMG_IN, ALIGN)
+    IMG_OUT = assume_multiple(IMG_OUT, ALIGN)
+    CIN = assume_multiple(CIN, ALIGN_X)
+    IMG_X = assume_multiple(IMG_X, ALIGN_X)
+    pid_t = tl.program_id(0)
+    pid_g = tl.program_id(1)
+    pid_c = tl.program_id(2)
+    PAD: tl.constexpr = KSIZE // 2
+    KK: tl.constexpr = KSIZE * KSIZE
+    ph, pw, ta, tb, in_ok, c, c_ok, im, in_offs, out_offs, x_rows = _bwd_tile(
+        pid_t, pid_c, TILES_PER_CLASS, TILES_W, C, H, W, Wo, Wx, STRIDE, XS, TILE_H, TILE_W, BLOCK_C
+    )
+    if PRO != 0:
+        sa = tl.load(sa_ptr + c, mask=c_ok, other=0.0)
+        sb = tl.load(sb_ptr + c, mask=c_ok, other=0.0)
+    n0 = pid_g * IMGS
+    n1 = tl.minimum(n0 + IMGS, N)
+    for i in range(KSIZE):
+        dh = ph + (PAD - i)
+        if dh % STRIDE == 0:
+            dho = dh // STRIDE
+            ho = ta + dho
+            h_ok = in_ok & (ho >= 0) & (ho < Ho)
+            acc0 = tl.zeros([TILE_H * TILE_W, BLOCK_C], dtype=tl.float32)
+            acc1 = tl.zeros([TILE_H * TILE_W, BLOCK_C], dtype=tl.float32)
+            acc2 = tl.zeros([TILE_H * TILE_W, BLOCK_C], dtype=tl.float32)
+            acc3 = tl.zeros([TILE_H * TILE_W, BLOCK_C], dtype=tl.float32)
+            acc4 = tl.zeros([TILE_H * TILE_W, BLOCK_C], dtype=tl.float32)
+            acc5 = tl.zeros([TILE_H * TILE_W, BLOCK_C], dtype=tl.float32)
+            acc6 = tl.zeros([TILE_H * TILE_W, BLOCK_C], dtype=tl.float32)
+            acc7 = tl.zeros([TILE_H * TILE_W, BLOCK_C], dtype=tl.float32)
+            acc8 = tl.zeros([TILE_H * TILE_W, BLOCK_C], dtype=tl.float32)
+            for n in range(n0, n1):
+                n64 = tl.cast(n, tl.int64)
+                zv = _conv_input(z_ptr + n64 * IMG_IN, x_ptr + n64 * IMG_X, w1_ptr, in_offs, im,
+                                 x_rows, in_ok, c, c_ok, CIN, PRO, BLOCK_CIN, DOT_F32)  # fmt: skip
+                if PRO != 0:
+                    a_in = tl.where(im, act_fwd(zv * sa[None, :] + sb[None, :], PRO_ACT), 0.0)
+                else:
+                    a_in = zv
+                gb = dz_ptr + n64 * IMG_OUT + dho * Wo * C
+                for j in tl.static_range(KSIZE):
+                    dwd = pw + (PAD - j)
+                    if dwd % STRIDE == 0:
+                        dwo = dwd // STRIDE
+                        wo = tb + dwo
+                        m = (h_ok & (wo >= 0) & (wo < Wo))[:, None] & c_ok[None, :]
+                        g = tl.load(gb + dwo * C + out_offs, mask=m, other=0.0)
+                        prod = g.to(tl.float32) * a_in
+                        if j == 0:
+                            acc0 += prod
+                        elif j == 1:
+                            acc1 += prod
+                        elif j == 2:
+                            acc2 += prod
+                        elif j == 3:
+                            acc3 += prod
+                        elif j == 4:
+                            acc4 += prod
+                        elif j == 5:
+                            acc5 += prod
+                        elif j == 6:
+                            acc6 += prod
+                        elif j == 7:
+                            acc7 += prod
+                        else:
+                            acc8 += prod
+            row = dw_ptr + c * KK + i * KSIZE
+            for j in tl.static_range(KSIZE):
+                if j == 0:
+                    acc = acc0
+                elif j == 1:
+                    acc = acc1
+                elif j == 2:
+                    acc = acc2
+                elif j == 3:
+                    acc = acc3
+                elif j == 4:
+                    acc = acc4
+                elif j == 5:
+                    acc = acc5
+                elif j == 6:
+                    acc = acc6
+                elif j == 7:
+                    acc = acc7
+                else:
+                    acc = acc8
+                if (pw + (PAD - j)) % STRIDE == 0:
+                    tl.atomic_add(row + j, tl.sum(acc, axis=0), mask=c_ok)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,6 +453,28 @@ def dw_conv_fwd(
     return out
 
 
+WGRAD_MODES = ("split", "fused")
+
+
+def wgrad_mode(mode: str | None = None) -> str:
+    """How :func:`dw_conv_bwd` computes the weight gradient: ``mode``, else the environment
+    variable ``FASTSCARLET_DW_WGRAD``, else ``"split"``.
+
+    ``"split"``: :func:`_dw_wgrad_kernel` after the input-gradient kernel (k^2 reductions per
+    program); ``"fused"``: inside :func:`_dw_conv_bwd_kernel` (k^2 per program and image), the
+    kernel measured in ``benchmarks/RESULTS.md``. Both are kept so that one GPU run compares them.
+    """
+    import os
+
+    chosen = mode if mode is not None else os.environ.get("FASTSCARLET_DW_WGRAD", "split")
+    if chosen not in WGRAD_MODES:
+        raise ValueError(
+            f"depthwise weight-gradient mode {chosen!r} (FASTSCARLET_DW_WGRAD): "
+            f"expected one of {', '.join(WGRAD_MODES)}"
+        )
+    return chosen
+
+
 def dw_conv_bwd(
     dz: torch.Tensor,
     z: torch.Tensor | None,
@@ -327,8 +488,9 @@ def dw_conv_bwd(
     pro_act: str = "none",
     bn_sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     rebuild: tuple[torch.Tensor, torch.Tensor, int, int, int] | None = None,
+    wgrad: str | None = None,
 ) -> None:
-    """Launch :func:`_dw_conv_bwd_kernel`.
+    """Launch :func:`_dw_conv_bwd_kernel` (and :func:`_dw_wgrad_kernel`, see :func:`wgrad_mode`).
 
     Args:
         dz: ``[N*Ho*Wo, C]`` gradient of the conv output; z: ``[N*H*W, C]`` the conv input (before
@@ -338,7 +500,9 @@ def dw_conv_bwd(
             ``pro_vecs`` is given). dw: fp32 ``[C, k*k]`` zeroed, receives the weight gradient.
         bn_sums: ``(sums [2, C] zeroed fp32, mean, rstd)``: adds ``sum du`` and
             ``sum du * (z - mean) * rstd``.
+        wgrad: ``"split"`` or ``"fused"``; None reads :func:`wgrad_mode`.
     """
+    split = wgrad_mode(wgrad) == "split"
     N, H, W = geom
     C = dx.shape[1]
     k = weight.shape[-1]
@@ -351,7 +515,7 @@ def dw_conv_bwd(
     if interpreting(dev):
         bc, imgs = 32, 2
     else:
-        # k = 7 with the z1 rebuild: at 32 channels the vectorised tiles spilled 132 B; 16 do not
+        # k = 7 with the z1 rebuild: at 32 channels the fused (WGRAD) kernel spilled 132 B; 16 do not
         bc = channel_block(C, (16,) if k >= 7 and rebuild is not None else (32, 16))
         groups = split_for(N, tiles * cdiv(C, bc), 16 * num_sms(dev))
         imgs = cdiv(N, groups)
@@ -363,19 +527,27 @@ def dw_conv_bwd(
     else:
         x, w1, hx, wx, xs, cin = dx, dx, 1, 1, 1, 1
         pro = 1 if pro_vecs is not None else 0
+    zt = z if z is not None else dx
+    shape = (N, C, H, W, Ho, Wo, H * W * C, Ho * Wo * C, tiles_w, per_class, imgs, cin, hx, wx,
+             hx * wx * cin)  # fmt: skip
+    common = dict(
+        KSIZE=k, STRIDE=stride, PRO=pro, PRO_ACT=act_code(pro_act), TILE_H=th_, TILE_W=tw_,
+        BLOCK_C=bc, XS=xs, BLOCK_CIN=16, DOT_F32=x.dtype == torch.float32,
+        ALIGN=channel_align(C), ALIGN_X=channel_align(cin),
+    )  # fmt: skip
+    grid = (tiles, cdiv(N, imgs), cdiv(C, bc))
     launch(
-        _dw_conv_bwd_kernel,
-        (tiles, cdiv(N, imgs), cdiv(C, bc)),
-        dz, z if z is not None else dx, taps_major(weight), dx, dw, bs[0], pv[0], pv[1], bs[1], bs[2], x, w1,
-        N, C, H, W, Ho, Wo, H * W * C, Ho * Wo * C, tiles_w, per_class, imgs, cin, hx, wx,
-        hx * wx * cin,
-        KSIZE=k, STRIDE=stride, PRO=pro, PRO_ACT=act_code(pro_act),
-        BN_SUMS=bn_sums is not None, TILE_H=th_, TILE_W=tw_, BLOCK_C=bc,
+        _dw_conv_bwd_kernel, grid,
+        dz, zt, taps_major(weight), dx, dw, bs[0], pv[0], pv[1], bs[1], bs[2], x, w1, *shape,
+        **common, BN_SUMS=bn_sums is not None, KK_PAD=max(16, next_pow2(k * k)), WGRAD=not split,
         # the z1 rebuild adds a [64, BLOCK_CIN] x tile: at 32 the k = 7 kernel spilled 92 B
-        KK_PAD=max(16, next_pow2(k * k)), XS=xs, BLOCK_CIN=16,
-        DOT_F32=x.dtype == torch.float32, ALIGN=channel_align(C), ALIGN_X=channel_align(cin),
         num_warps=8 if pro == 2 else 4, num_stages=1,
     )  # fmt: skip
+    if split:
+        launch(
+            _dw_wgrad_kernel, grid, dz, zt, dw, pv[0], pv[1], x, w1, *shape, **common,
+            num_warps=8 if pro == 2 else 4, num_stages=1,
+        )  # fmt: skip
 
 
 def depthwise_ref(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
@@ -390,4 +562,5 @@ __all__ = [
     "dw_conv_fwd",
     "dw_out_size",
     "taps_major",
+    "wgrad_mode",
 ]

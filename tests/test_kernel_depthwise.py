@@ -59,12 +59,17 @@ def test_dw_conv_fwd(k: int, s: int, H: int, mode: str) -> None:
         _close(stats[1], ref.square().sum((0, 2, 3)))
 
 
-@pytest.mark.parametrize(("k", "s", "H"), [(3, 1, 9), (5, 2, 9), (7, 1, 7), (7, 2, 13), (3, 2, 6)])
+@pytest.mark.parametrize(
+    ("k", "s", "H"), [(3, 1, 9), (5, 2, 9), (7, 1, 7), (7, 2, 13), (3, 2, 6), (9, 1, 11)]
+)
 @pytest.mark.parametrize("prologue", ["plain", "bn-act", "rebuild"])
-def test_dw_conv_bwd(k: int, s: int, H: int, prologue: str) -> None:
+@pytest.mark.parametrize("wgrad", ["split", "fused"])
+def test_dw_conv_bwd(k: int, s: int, H: int, prologue: str, wgrad: str) -> None:
     """Input and weight gradients (per parity class for stride 2); with the prologue, the gradient
     w.r.t. u (through the activation) and the two BN backward sums; ``rebuild``: the conv input
-    ``z = x_s W1^T`` rebuilt from ``x`` (sampled with stride 2) instead of read."""
+    ``z = x_s W1^T`` rebuilt from ``x`` (sampled with stride 2) instead of read. ``wgrad``: the
+    weight gradient in its own kernel (row accumulators over images; 9x9 uses all nine) or fused
+    into the input-gradient kernel."""
     from fastscarlet.kernels.activations import act_ref
     from fastscarlet.kernels.depthwise import dw_conv_bwd
 
@@ -97,6 +102,7 @@ def test_dw_conv_bwd(k: int, s: int, H: int, prologue: str) -> None:
         _rows(dzf), None if rebuild else _rows(zf), w.detach().float(), (N, H, H), s, _rows(dx), dw,
         pro_vecs=(sa.float(), sb.float()) if prologue else None, pro_act="hswish",
         bn_sums=(sums, mean.float(), rstd.float()) if prologue else None, rebuild=rebuild,
+        wgrad=wgrad,
     )  # fmt: skip
     _close(dx, u.grad)
     _close(dw, w.grad.view(C, k * k))
@@ -104,6 +110,19 @@ def test_dw_conv_bwd(k: int, s: int, H: int, prologue: str) -> None:
         xhat = (z - mean[:, None, None]) * rstd[:, None, None]
         _close(sums[0], u.grad.sum((0, 2, 3)))
         _close(sums[1], (u.grad * xhat).sum((0, 2, 3)))
+
+
+def test_wgrad_mode_names_a_bad_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastscarlet.kernels.depthwise import wgrad_mode
+
+    monkeypatch.delenv("FASTSCARLET_DW_WGRAD", raising=False)
+    assert wgrad_mode() == "split"
+    monkeypatch.setenv("FASTSCARLET_DW_WGRAD", "fused")
+    assert wgrad_mode() == "fused"
+    assert wgrad_mode("split") == "split"
+    monkeypatch.setenv("FASTSCARLET_DW_WGRAD", "atomic")
+    with pytest.raises(ValueError, match="FASTSCARLET_DW_WGRAD.*split, fused"):
+        wgrad_mode()
 
 
 def test_channel_block_prefers_little_waste() -> None:

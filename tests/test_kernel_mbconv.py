@@ -429,6 +429,7 @@ def test_kernels_compile_for_sm90_without_spills() -> None:
         "_pw_conv_wgrad_kernel",
         "_dw_conv_fwd_kernel",
         "_dw_conv_bwd_kernel",
+        "_dw_wgrad_kernel",
         "_dw_project_fwd_kernel",
         "_project_bwd_kernel",
         "_affine_act_kernel",
