@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         worst = max(worst, c.spill_bytes)
         print(
             f"{c.name:26s} warps={c.num_warps} regs={c.registers:3d} spill={c.spill_bytes:5d}B "
-            f"smem={c.shared_bytes:6d}B narrow-ld={c.narrow_loads:4d}  {c.constexprs}"
+            f"smem={c.shared_bytes:6d}B ld={sum(c.loads.values()):4d} narrow-ld={c.narrow_loads:4d}"
+            f"  {c.constexprs}"
         )
     print("spills: none" if worst == 0 else f"WORST SPILL: {worst} bytes")
     return 0
