@@ -9,6 +9,7 @@ register pressure of the tile sizes chosen for the GPU.
 
     python -m fastscarlet.kernels.aot              # the 19 Scarlet-A layers, train + inference
     python -m fastscarlet.kernels.aot --quick      # one representative block
+    python -m fastscarlet.kernels.aot --layers 2 --sass _dw_   # + the loops of the depthwise SASS
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,6 +39,38 @@ _DTYPES = {
 
 
 @dataclass(frozen=True)
+class SassLoop:
+    """One backward branch of the SASS: the loop body's addresses and its opcodes (a nested
+    loop's instructions are counted in its parent too; each appears once, not per trip)."""
+
+    start: int
+    end: int
+    ops: dict[str, int]
+
+    def line(self) -> str:
+        keys = ("SHFL", "BAR", "FFMA", "FADD", "FMUL", "LDG", "STG", "HGMMA", "LDS", "STS")
+        counts = ", ".join(f"{k} {self.ops[k]}" for k in keys if self.ops.get(k))
+        return f"loop {self.start:#06x}-{self.end:#06x}: {sum(self.ops.values())} instructions ({counts})"
+
+
+_SASS_INS = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", re.M)
+_PREDICATE = re.compile(r"^@!?U?P\w+\s+")
+
+
+def sass_loops(sass: str) -> list[SassLoop]:
+    """The loops of ``cuobjdump -sass`` output: every branch to a lower address closes one."""
+    ins = [(int(a, 16), _PREDICATE.sub("", text)) for a, text in _SASS_INS.findall(sass)]
+    loops = []
+    for addr, text in ins:
+        m = re.match(r"BRA\b.*?0x([0-9a-f]+)", text)
+        if m and int(m.group(1), 16) < addr:
+            start = int(m.group(1), 16)
+            ops = Counter(t.split()[0].split(".")[0] for a, t in ins if start <= a <= addr)
+            loops.append(SassLoop(start, addr, dict(ops)))
+    return loops
+
+
+@dataclass(frozen=True)
 class CompiledKernel:
     name: str
     constexprs: str
@@ -46,6 +80,7 @@ class CompiledKernel:
     shared_bytes: int
     loads: dict[int, int]  # bytes per ld.global instruction -> how many in the PTX
     stores: dict[int, int]  # the same for st.global
+    loops: list[SassLoop] = field(default_factory=list)
 
     @property
     def narrow_loads(self) -> int:
@@ -131,8 +166,9 @@ def _ptxas() -> str:
     return os.path.join(os.path.dirname(nv.__file__), "bin", "ptxas")
 
 
-def compile_launch(launch: Launch, arch: int = 90) -> CompiledKernel:
-    """Compile one recorded launch for ``sm_<arch>``; report registers, spills, shared memory."""
+def compile_launch(launch: Launch, arch: int = 90, sass: bool = False) -> CompiledKernel:
+    """Compile one recorded launch for ``sm_<arch>``; report registers, spills, shared memory,
+    global loads and stores, and with ``sass`` the loops of the SASS (``cuobjdump``)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -150,12 +186,20 @@ def compile_launch(launch: Launch, arch: int = 90) -> CompiledKernel:
         with open(path, "w") as f:
             f.write(ptx)
         gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+        cubin = os.path.join(tmp, "k.cubin")
         out = subprocess.run(
-            [_ptxas(), "-v", f"--gpu-name={gpu}", path, "-o", os.path.join(tmp, "k.cubin")],
+            [_ptxas(), "-v", f"--gpu-name={gpu}", path, "-o", cubin],
             capture_output=True,
             text=True,
             check=True,
         ).stderr
+        loops = []
+        if sass:
+            cuobjdump = os.path.join(os.path.dirname(_ptxas()), "cuobjdump")
+            dump = subprocess.run(
+                [cuobjdump, "-sass", cubin], capture_output=True, text=True, check=True
+            ).stdout
+            loops = sass_loops(dump)
     regs = re.search(r"Used (\d+) registers", out)
     spills = re.search(r"(\d+) bytes spill stores", out)
     keys = ", ".join(f"{k}={v}" for k, v in sorted(constexprs.items()))
@@ -169,6 +213,7 @@ def compile_launch(launch: Launch, arch: int = 90) -> CompiledKernel:
         int(compiled.metadata.shared),
         loads,
         stores,
+        loops,
     )
 
 
@@ -271,8 +316,11 @@ _TODO: list[
 ] = []  # the launches of this run, for forked workers (JIT functions don't pickle)
 
 
-def _compile_nth(i: int, arch: int) -> CompiledKernel:
-    return compile_launch(_TODO[i], arch)
+def _compile_nth(i: int, arch: int, sass: str | None) -> CompiledKernel:
+    launch = _TODO[i]
+    return compile_launch(
+        launch, arch, sass is not None and bool(re.search(sass, launch.kernel.__name__))
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,8 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one representative block only")
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--layers", help="1-based Scarlet-A layer numbers, e.g. 2,4,16 (all)")
+    parser.add_argument("--sass", metavar="REGEX", help="print the SASS loops of these kernels")
     args = parser.parse_args(argv)
     blocks = scarlet_a_blocks()
+    if args.layers:
+        blocks = [blocks[int(i) - 1] for i in args.layers.split(",")]
     if args.quick:
         blocks = [dict(cin=40, cout=40, expansion=6, kernel=7, stride=1, se=True, size=28)]
     launches: list[Launch] = []
@@ -292,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(launches)} launches, {len(_TODO)} distinct specialisations, sm_{args.arch}")
     worst = 0
     with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
-        results = pool.starmap(_compile_nth, [(i, args.arch) for i in range(len(_TODO))])
+        jobs = [(i, args.arch, args.sass) for i in range(len(_TODO))]
+        results = pool.starmap(_compile_nth, jobs)
     for c in results:
         worst = max(worst, c.spill_bytes)
         print(
@@ -300,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
             f"smem={c.shared_bytes:6d}B ld={sum(c.loads.values()):4d} narrow-ld={c.narrow_loads:4d}"
             f"  {c.constexprs}"
         )
+        for loop in c.loops:
+            print("    " + loop.line())
+    narrow = [c.narrow_loads for c in results if c.narrow_loads]
+    mean_regs = sum(c.registers for c in results) / max(1, len(results))
+    print(f"mean registers {mean_regs:.1f}; {len(narrow)} kernels with {sum(narrow)} 16-bit loads")
     print("spills: none" if worst == 0 else f"WORST SPILL: {worst} bytes")
     return 0
 

@@ -24,6 +24,8 @@ several images (``IMGS``) so that statistics reach memory with few atomics.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -197,8 +199,9 @@ def _dw_conv_bwd_kernel(
     ph, pw, ta, tb, in_ok, c, c_ok, im, in_offs, out_offs, x_rows = _bwd_tile(
         pid_t, pid_c, TILES_PER_CLASS, TILES_W, C, H, W, Wo, Wx, STRIDE, XS, TILE_H, TILE_W, BLOCK_C
     )
-    kk = tl.arange(0, KK_PAD)
-    dwacc = tl.zeros([KK_PAD, BLOCK_C], dtype=tl.float32)
+    if WGRAD:
+        kk = tl.arange(0, KK_PAD)
+        dwacc = tl.zeros([KK_PAD, BLOCK_C], dtype=tl.float32)
     if PRO != 0:
         sa = tl.load(sa_ptr + c, mask=c_ok, other=0.0)
         sb = tl.load(sb_ptr + c, mask=c_ok, other=0.0)
@@ -464,8 +467,6 @@ def wgrad_mode(mode: str | None = None) -> str:
     program); ``"fused"``: inside :func:`_dw_conv_bwd_kernel` (k^2 per program and image), the
     kernel measured in ``benchmarks/RESULTS.md``. Both are kept so that one GPU run compares them.
     """
-    import os
-
     chosen = mode if mode is not None else os.environ.get("FASTSCARLET_DW_WGRAD", "split")
     if chosen not in WGRAD_MODES:
         raise ValueError(

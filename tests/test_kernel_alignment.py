@@ -56,6 +56,28 @@ def test_memory_widths_counts_vector_scalar_and_async_accesses() -> None:
     assert stores == {16: 1}
 
 
+def test_sass_loops_finds_each_backward_branch_and_its_body() -> None:
+    from fastscarlet.kernels.aot import sass_loops
+
+    sass = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;                 /* 0x0 */
+        /*0010*/                   SHFL.BFLY PT, R3, R2, 0x10, 0x1f ;     /* 0x0 */
+        /*0020*/                   FFMA R4, R2, R3, R4 ;                  /* 0x0 */
+        /*0030*/                   LDG.E.128 R8, desc[UR4][R6.64] ;       /* 0x0 */
+        /*0040*/               @P0 BRA 0x20 ;                             /* 0x0 */
+        /*0050*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;          /* 0x0 */
+        /*0060*/              @!P1 BRA 0x10 ;                             /* 0x0 */
+        /*0070*/                   BRA 0x90 ;                             /* 0x0 */
+        /*0080*/                   EXIT ;                                 /* 0x0 */
+    """
+    inner, outer = sass_loops(sass)
+    assert (inner.start, inner.end) == (0x20, 0x40)
+    assert inner.ops == {"FFMA": 1, "LDG": 1, "BRA": 1}
+    assert (outer.start, outer.end) == (0x10, 0x60)
+    assert outer.ops == {"SHFL": 1, "FFMA": 1, "LDG": 1, "BRA": 2, "BAR": 1}
+    assert inner.line() == "loop 0x0020-0x0040: 3 instructions (FFMA 1, LDG 1)"
+
+
 @pytest.mark.slow
 def test_a_40_and_120_channel_block_compiles_to_vector_loads() -> None:
     """Scarlet-A's layer 4 (40 -> 40, expansion 3: 120 hidden channels, k = 7, SE), bf16, train
