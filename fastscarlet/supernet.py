@@ -181,7 +181,7 @@ class SuperNet(nn.Module):
             if isinstance(block, LinearStabilizer):
                 lets.append(block)
                 continue
-            if lets and mbconv_supported(block, se, x):
+            if lets and mbconv_supported(block, se, x, lets=lets):
                 x = let_mbconv_forward(lets, block, x, se)
             else:
                 for let in lets:

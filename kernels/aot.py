@@ -357,7 +357,10 @@ def main(argv: list[str] | None = None) -> int:
             print("    " + loop.line())
     narrow = [c.narrow_loads for c in results if c.narrow_loads]
     mean_regs = sum(c.registers for c in results) / max(1, len(results))
-    print(f"mean registers {mean_regs:.1f}; {len(narrow)} kernels with {sum(narrow)} 16-bit loads")
+    print(
+        f"mean registers {mean_regs:.1f}; 16-bit global loads: {sum(narrow)} instructions "
+        f"in {len(narrow)} kernels"
+    )
     print("spills: none" if worst == 0 else f"WORST SPILL: {worst} bytes")
     return 0
 

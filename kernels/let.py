@@ -162,7 +162,8 @@ def _kernel_input(x: torch.Tensor) -> torch.Tensor:
 
 def let_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``LinearStabilizer.forward`` through the kernels (check :func:`let_supported`)."""
-    return LETFunction.apply(_kernel_input(x), module.conv.weight, module.conv.stride[0])
+    w = module.conv.weight.contiguous()  # the kernels index it densely
+    return LETFunction.apply(_kernel_input(x), w, module.conv.stride[0])
 
 
 def compose_lets(lets: Sequence[nn.Module]) -> tuple[torch.Tensor, int]:
@@ -175,7 +176,7 @@ def compose_lets(lets: Sequence[nn.Module]) -> tuple[torch.Tensor, int]:
     for let in lets[1:]:
         w = _w2d(let.conv.weight) @ w
         stride *= let.conv.stride[0]
-    return w[:, :, None, None], stride
+    return w.contiguous()[:, :, None, None], stride
 
 
 def let_mbconv_forward(

@@ -70,6 +70,7 @@ reference. :func:`mbconv_block_forward` runs a :class:`fastscarlet.blocks.MBConv
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -454,6 +455,11 @@ def _empty_cl(n: int, c: int, h: int, w: int, like: torch.Tensor) -> torch.Tenso
     return torch.empty(
         (n, c, h, w), dtype=like.dtype, device=like.device, memory_format=torch.channels_last
     )
+
+
+def _dense(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each tensor contiguous (itself when it already is; else a copy that autograd tracks)."""
+    return tuple(t.contiguous() for t in tensors)
 
 
 def _w2d(w: torch.Tensor) -> torch.Tensor:
@@ -880,37 +886,55 @@ def _bn_ok(bn: nn.Module, training: bool) -> str | None:
         return f"{type(bn).__name__} is not BatchNorm2d"
     if not bn.affine or not bn.track_running_stats:
         return "BatchNorm2d without affine parameters or running statistics"
-    if training and bn.momentum is None:
-        return "BatchNorm2d with momentum=None (cumulative average)"
     return None
 
 
-def unsupported_reason(block: nn.Module, se: nn.Module | None, x: torch.Tensor) -> str | None:
+def unsupported_reason(
+    block: nn.Module,
+    se: nn.Module | None,
+    x: torch.Tensor,
+    *,
+    lets: Sequence[nn.Module] = (),
+) -> str | None:
     """Why the kernels cannot run this MBConv call (None: they can). The reference runs instead.
+
+    ``lets``: LET stabilizers that run on ``x`` first (``let_mbconv_forward``); ``x`` is then
+    their input, and the block sees their output's channels and size.
 
     Covered: any channel counts and spatial sizes, odd kernels up to 9, stride 1/2 (and any
     expand stride), activations relu/relu6/hswish/swish, SE with those squeeze activations and an
     hsigmoid/sigmoid gate, fp32/bf16/fp16, BN in training (batch statistics) or eval mode.
     Not covered: eval-mode BN while gradients are needed (e.g. fine-tuning with frozen BN: the
-    inference kernel has no backward), BN with momentum=None or without running statistics or
-    affine parameters, and anything that is not the ``fastscarlet.blocks`` structure.
+    inference kernel has no backward), BN without running statistics or affine parameters, and
+    anything that is not the ``fastscarlet.blocks`` structure.
     """
     if x.dim() != 4 or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return "input must be a 4-D fp32/bf16/fp16 tensor"
     if block.act_name not in KERNEL_ACTS:
         return f"activation {block.act_name!r}"
     dw, ex, pj = block.dw, block.expand, block.project
+    channels, let_stride = x.shape[1], 1
+    for let in lets:
+        if let.conv.in_channels != channels:
+            return f"LET expects {let.conv.in_channels} channels, gets {channels}"
+        channels, let_stride = let.conv.out_channels, let_stride * let.conv.stride[0]
+    if channels != ex.in_channels:  # the reference raises with PyTorch's message
+        return f"expand conv expects {ex.in_channels} input channels, gets {channels}"
     k = dw.kernel_size[0]
     if (
         dw.kernel_size != (k, k) or k % 2 == 0 or k > 9 or dw.padding != (k // 2, k // 2)
         or dw.dilation != (1, 1) or dw.groups != dw.in_channels or dw.bias is not None
         or dw.stride[0] != dw.stride[1] or dw.stride[0] not in (1, 2)
+        or dw.padding_mode != "zeros"
     ):  # fmt: skip
-        return "depthwise conv is not an odd square kernel <= 9 with padding k//2, stride 1/2"
-    if ex.kernel_size != (1, 1) or ex.bias is not None or ex.stride[0] != ex.stride[1]:
-        return "expand conv is not a bias-free square-strided 1x1 conv"
-    if pj.kernel_size != (1, 1) or pj.bias is not None or pj.stride != (1, 1):
-        return "project conv is not a bias-free stride-1 1x1 conv"
+        return "depthwise conv is not an odd square kernel <= 9, zero padding k//2, stride 1/2"
+    for name, conv in (("expand", ex), ("project", pj)):
+        if (
+            conv.kernel_size != (1, 1) or conv.bias is not None or conv.groups != 1
+            or conv.padding != (0, 0) or conv.dilation != (1, 1)
+            or conv.stride[0] != conv.stride[1] or (name == "project" and conv.stride != (1, 1))
+        ):  # fmt: skip
+            return f"{name} conv is not a bias-free, ungrouped, unpadded 1x1 conv"
     for bn in (block.bn1, block.bn2, block.bn3):
         if (why := _bn_ok(bn, block.training)) is not None:
             return why
@@ -918,7 +942,7 @@ def unsupported_reason(block: nn.Module, se: nn.Module | None, x: torch.Tensor) 
     if frozen_bn_grad and (x.requires_grad or any(p.requires_grad for p in block.parameters())):
         return "eval-mode BN with gradients enabled (run inference under torch.no_grad())"
     if block.training:
-        es, s = ex.stride[0], dw.stride[0]
+        es, s = ex.stride[0] * let_stride, dw.stride[0]
         ho, wo = (
             dw_out_size(dw_out_size(x.shape[2], es), s),
             dw_out_size(dw_out_size(x.shape[3], es), s),
@@ -937,27 +961,36 @@ def unsupported_reason(block: nn.Module, se: nn.Module | None, x: torch.Tensor) 
     return None
 
 
-def mbconv_supported(block: nn.Module, se: nn.Module | None, x: torch.Tensor) -> bool:
-    return unsupported_reason(block, se, x) is None
+def mbconv_supported(
+    block: nn.Module, se: nn.Module | None, x: torch.Tensor, *, lets: Sequence[nn.Module] = ()
+) -> bool:
+    return unsupported_reason(block, se, x, lets=lets) is None
 
 
 def _update_running_stats(
     bns: tuple[nn.BatchNorm2d, ...], blocks: tuple[torch.Tensor, ...]
 ) -> None:
-    """``running = (1 - momentum) running + momentum batch`` (unbiased variance), as BN does."""
+    """``running = (1 - momentum) running + momentum batch`` (unbiased variance), as BN does;
+    ``momentum=None`` is BN's cumulative average, ``momentum = 1 / num_batches_tracked`` after
+    the count's increment (what BN recalibration uses)."""
     with torch.no_grad():
         momenta = {bn.momentum for bn in bns}
         dtypes = {bn.running_mean.dtype for bn in bns}
-        if len(momenta) == 1 and dtypes == {torch.float32}:  # the common case: two foreach launches
+        if len(momenta) == 1 and None not in momenta and dtypes == {torch.float32}:
+            # the common case: two foreach launches
             running = [t for bn in bns for t in (bn.running_mean, bn.running_var)]
             batch = [b[r] for b in blocks for r in (MEAN, VAR_UNBIASED)]
             torch._foreach_lerp_(running, batch, float(momenta.pop()))
             torch._foreach_add_([bn.num_batches_tracked for bn in bns], 1)
             return
         for bn, b in zip(bns, blocks):
-            bn.running_mean.lerp_(b[MEAN].to(bn.running_mean.dtype), float(bn.momentum))
-            bn.running_var.lerp_(b[VAR_UNBIASED].to(bn.running_var.dtype), float(bn.momentum))
             bn.num_batches_tracked.add_(1)
+            for buf, row in ((bn.running_mean, MEAN), (bn.running_var, VAR_UNBIASED)):
+                if bn.momentum is None:  # a tensor weight: no host sync on the count
+                    weight = bn.num_batches_tracked.to(buf.dtype).reciprocal()
+                else:
+                    weight = float(bn.momentum)
+                buf.lerp_(b[row].to(buf.dtype), weight)
 
 
 def mbconv_block_forward(
@@ -979,15 +1012,18 @@ def mbconv_block_forward(
     if x.is_cuda and torch.is_autocast_enabled("cuda"):
         dt = torch.get_autocast_dtype("cuda")
     x = x.to(dt).contiguous(memory_format=torch.channels_last)
-    w1 = block.expand.weight
+    # The kernels index every parameter densely (``co * E + e``): a strided view (a transposed or
+    # sliced weight, a tied parameter) becomes a differentiable copy here.
+    w1 = block.expand.weight.contiguous()
     es = block.expand.stride[0]
     if let_weight is not None:
         if block.residual:
             raise ValueError("a LET folds into the expand conv only when the block has no residual")
-        w1 = torch.einsum("oc,ci->oi", _w2d(w1), _w2d(let_weight))[:, :, None, None]
+        w1 = torch.einsum("oc,ci->oi", _w2d(w1), _w2d(let_weight)).contiguous()[:, :, None, None]
         es = es * let_stride
     if se is not None:
         sw = (se.reduce.weight, se.reduce.bias, se.expand.weight, se.expand.bias)
+        sw = tuple(t.contiguous() for t in sw)
         se_names = (module_act_name(se.act), module_act_name(se.gate))
     else:
         sw = (None, None, None, None)
@@ -997,8 +1033,8 @@ def mbconv_block_forward(
     eps = (float(bn1.eps), float(bn2.eps), float(bn3.eps))
     if block.training:
         out = MBConvTrainFunction.apply(
-            x, w1, bn1.weight, bn1.bias, block.dw.weight, bn2.weight, bn2.bias,
-            block.project.weight, bn3.weight, bn3.bias, *sw, *cfg, *eps,
+            x, w1, *_dense(bn1.weight, bn1.bias, block.dw.weight, bn2.weight, bn2.bias,
+            block.project.weight, bn3.weight, bn3.bias), *sw, *cfg, *eps,
         )  # fmt: skip
         y, stats = out[0], out[1]
         _update_running_stats(
@@ -1007,9 +1043,9 @@ def mbconv_block_forward(
         return y
     return call_op(
         torch.ops.fastscarlet.mbconv_infer, _mbconv_infer_impl,
-        x, w1, bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var, block.dw.weight,
+        x, w1, *_dense(bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var, block.dw.weight,
         bn2.weight, bn2.bias, bn2.running_mean, bn2.running_var, block.project.weight,
-        bn3.weight, bn3.bias, bn3.running_mean, bn3.running_var, *sw, *cfg, *eps,
+        bn3.weight, bn3.bias, bn3.running_mean, bn3.running_var), *sw, *cfg, *eps,
     )  # fmt: skip
 
 

@@ -137,3 +137,43 @@ def test_blocks_import_without_triton() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "(1, 8, 5, 5)"
+
+
+def _mbconv(cin: int = 8, cout: int = 8, stride: int = 1) -> MBConv:
+    torch.manual_seed(0)
+    blk = MBConv(cin, cout, 3, 3, stride, "hswish", None)
+    init_weights(blk)
+    return blk
+
+
+def test_unsupported_blocks_are_named() -> None:
+    """Conv settings the kernels do not compute go to the reference, with the reason named."""
+    from fastscarlet.kernels.mbconv import unsupported_reason
+
+    x = torch.randn(2, 8, 5, 5)
+    assert unsupported_reason(_mbconv(), None, x) is None
+    blk = _mbconv()
+    blk.dw.padding_mode = "reflect"
+    assert "zero padding" in unsupported_reason(blk, None, x)
+    blk = _mbconv()
+    blk.project = torch.nn.Conv2d(24, 8, 1, groups=2, bias=False)
+    assert "project conv" in unsupported_reason(blk, None, x)
+    blk = _mbconv()
+    blk.expand.padding = (1, 1)
+    assert "expand conv" in unsupported_reason(blk, None, x)
+    assert "expects 8 input channels, gets 6" in unsupported_reason(_mbconv(), None, x[:, :6])
+
+
+def test_lets_in_front_count_in_the_support_check() -> None:
+    """With LETs first (the supernet's fused path) the block sees their channels and stride."""
+    from fastscarlet.kernels.mbconv import unsupported_reason
+
+    let = LinearStabilizer(6, 8, 2)
+    x = torch.randn(1, 6, 2, 2)
+    assert "channels" in unsupported_reason(_mbconv(), None, x)  # 6 channels, block expects 8
+    # one image at 2x2 -> 1x1 after the LET's stride: training BN has one value per channel
+    assert "more than one value" in unsupported_reason(_mbconv(), None, x, lets=[let])
+    assert unsupported_reason(_mbconv(), None, torch.randn(1, 6, 3, 3), lets=[let]) is None
+    assert "LET expects 6" in unsupported_reason(
+        _mbconv(), None, torch.randn(1, 4, 3, 3), lets=[let]
+    )

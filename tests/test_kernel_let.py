@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
+from functorch.compile import make_boxed_func
+from torch._dynamo.backends.common import aot_autograd
 
 from fastscarlet.blocks import LinearStabilizer, MBConv, init_weights
 from fastscarlet.env import triton_interpret
@@ -145,6 +148,63 @@ def test_let_ops_pass_opcheck() -> None:
     torch.library.opcheck(let_ops.let_bwd, (dy, x, w, 2, True))
 
 
+@needs_interpreter
+@pytest.mark.interpreter
+def test_let_with_a_non_contiguous_weight() -> None:
+    """A weight stored transposed (same values, other strides) gives the reference's numbers."""
+    from fastscarlet.kernels.let import let_forward
+
+    let = _let(8, 12, 2)
+    with torch.no_grad():
+        w = let.conv.weight.detach().transpose(0, 1).contiguous().transpose(0, 1)
+    assert not w.is_contiguous()
+    let.conv.weight = torch.nn.Parameter(w)
+    x = torch.randn(2, 8, 7, 7).contiguous(memory_format=CL)
+    g = torch.randn(2, 12, 4, 4)
+    with kernel_mode("reference"):
+        want = _grads(lambda m, t: m(t), copy.deepcopy(let), x, g)
+    got = _grads(let_forward, copy.deepcopy(let), x, g)
+    for name, a, b in zip(("y", "dx", "dW"), got, want):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), name
+
+
+@needs_interpreter
+@pytest.mark.interpreter
+def test_torch_compile_traces_the_let_kernels() -> None:
+    """torch.compile(fullgraph=True) over a LET + MBConv training step with the kernels forced:
+    the LET op, the LET folded into the expand conv and their backward trace without a graph
+    break and give the eager kernel path's gradients."""
+    from fastscarlet.kernels.let import let_mbconv_forward
+
+    lets = [_let(8, 8, 1), _let(8, 8, 2, seed=1)]
+    blk = _block(8, 12, 1, True)
+    x = torch.randn(2, 8, 9, 9).contiguous(memory_format=CL)
+
+    def loss(ls, b, inp):
+        y = let_mbconv_forward([ls[0]], b, ls[1](inp), b.se)
+        return (y * y).sum()
+
+    graphs: list[str] = []
+
+    def keep(gm, example_inputs):  # records the forward and backward graphs, runs them as is
+        graphs.append(gm.code)
+        return make_boxed_func(gm)
+
+    results = []
+    with kernel_mode("triton"):
+        torch._dynamo.reset()
+        backend = aot_autograd(fw_compiler=keep, bw_compiler=keep)
+        for fn in (loss, torch.compile(loss, backend=backend, fullgraph=True)):
+            ls, b, inp = copy.deepcopy(lets), copy.deepcopy(blk), x.clone().requires_grad_()
+            fn(ls, b, inp).backward()
+            results.append((inp.grad, ls[0].conv.weight.grad, ls[1].conv.weight.grad,
+                            b.expand.weight.grad))  # fmt: skip
+    ops = [set(re.findall(r"fastscarlet\.(\w+)", code)) for code in graphs]
+    assert ops == [{"let_fwd", "mbconv_train_fwd"}, {"let_bwd", "mbconv_train_bwd"}]
+    for a, b in zip(*results):
+        assert a is not None and torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_fold_is_rejected_in_front_of_a_residual_block() -> None:
     from fastscarlet.kernels.mbconv import mbconv_block_forward
 
@@ -217,3 +277,65 @@ def test_supernet_path_with_let_runs_fused_on_kernels(monkeypatch: pytest.Monkey
             assert p.grad is None, name
         else:
             torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def _check_lets_and_block(
+    c: int, N: int, H: int, fold: bool, dtype: torch.dtype, device: str
+) -> None:
+    """Two LETs (c -> c) + an E6K5 SE MBConv in training mode: the fused path (folded into the
+    expand conv, or one composed LET launch before a residual block) within the error budget of
+    the modules run one after the other in float64; output and every gradient."""
+    from fastscarlet.kernels.let import let_mbconv_forward
+
+    lets = [_let(c, c, 1), _let(c, c, 1, seed=1)]
+    torch.manual_seed(3)
+    blk = MBConv(c, 2 * c if fold else c, 6, 5, 2 if fold else 1, "hswish", SEConfig())
+    init_weights(blk)
+    randomize_bn(blk)
+    Ho = (H - 1) // 2 + 1 if fold else H
+    x = torch.randn(N, c, H, H).contiguous(memory_format=CL).to(device)
+    g = torch.randn(N, blk.out_channels, Ho, Ho).to(device)
+
+    def run(mods, inp, fused):
+        *ls, b = mods
+        inp = inp.detach().clone().requires_grad_()
+        if fused:
+            y = let_mbconv_forward(ls, b, inp, b.se)
+        else:
+            with kernel_mode("reference"):
+                y = inp
+                for m in ls:
+                    y = m(y)
+                y = b.forward_with_se(y, b.se)
+        y.backward(g.to(y.dtype))
+        return y.detach(), [inp.grad] + [p.grad for m in mods for p in m.parameters()]
+
+    mods = [*lets, blk]
+    hi = run([copy.deepcopy(m).to(device, torch.float64) for m in mods], x.double(), False)
+    lo = run([copy.deepcopy(m).to(device, dtype) for m in mods], x.to(dtype), False)
+    out = run([copy.deepcopy(m).to(device, dtype) for m in mods], x.to(dtype), True)
+    assert_within_budget("y", out[0], lo[0], hi[0], dtype)
+    assert len(out[1]) == len(hi[1])
+    for i, (a, b, ref) in enumerate(zip(out[1], lo[1], hi[1])):
+        assert_within_budget(f"grad {i}", a, b, ref, dtype)
+
+
+@needs_interpreter
+@pytest.mark.interpreter
+@pytest.mark.parametrize("fold", [True, False], ids=["fold", "residual-keeps-let"])
+def test_lets_and_block_within_budget(fold: bool) -> None:
+    _check_lets_and_block(8, 2, 7, fold, torch.float32, "cpu")
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("fold", [True, False], ids=["fold", "residual-keeps-let"])
+def test_gpu_lets_and_block_within_budget(dtype: torch.dtype, fold: bool) -> None:
+    """At a Scarlet stage-3 shape: 40 channels, batch 16, 28x28."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        _check_lets_and_block(40, 16, 28, fold, dtype, "cuda")
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old

@@ -142,6 +142,8 @@ INFER_CASES = [
     Case(8, 12, 3, 5, 1, "relu6", True, 9, expand_stride=2),
     Case(8, 8, 6, 3, 2, "swish", True, 7, N=3, se_cfg=FAIRNAS_SE),
     Case(6, 6, 3, 3, 1, "relu", False, 7),  # 6 -> 18 -> 6 channels: alignment hint 2, residual
+    Case(8, 16, 6, 7, 2, "swish", False, 9),  # fused dw + project at k = 7, stride 2
+    Case(8, 8, 3, 5, 1, "hswish", True, 7),  # SE and the residual together
 ]
 
 
@@ -213,6 +215,84 @@ def test_modules_use_kernels_when_forced() -> None:
         with kernel_mode("reference"):
             want = layer(xl, choice)
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def _make_strided(module: torch.nn.Module) -> None:
+    """Give every parameter (and BN buffer) the same values in a non-contiguous layout: conv
+    weights with two dimensions' strides swapped, vectors as every other element of a buffer."""
+    with torch.no_grad():
+        for mod in module.modules():
+            for name, t in list(mod.named_parameters(recurse=False)) + list(
+                mod.named_buffers(recurse=False)
+            ):
+                if not t.is_floating_point():
+                    continue
+                if t.dim() == 4:
+                    d = (2, 3) if t.shape[2] > 1 else (0, 1)
+                    q = t.detach().transpose(*d).contiguous().transpose(*d)
+                else:
+                    q = torch.empty(2 * t.numel(), dtype=t.dtype)[::2].copy_(t)
+                assert not q.is_contiguous()
+                if isinstance(t, torch.nn.Parameter):
+                    setattr(mod, name, torch.nn.Parameter(q))
+                else:
+                    setattr(mod, name, q)
+
+
+@needs_interpreter
+@pytest.mark.interpreter
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_non_contiguous_parameters(training: bool) -> None:
+    """Parameters stored with other strides (a transposed or tied weight) give the reference's
+    outputs, gradients and running statistics: the kernels index parameters densely."""
+    case = Case(8, 8, 3, 3, 1, "hswish", True, 5)
+    blk = case.block()
+    _make_strided(blk)
+    assert not blk.expand.weight.is_contiguous() and not blk.dw.weight.is_contiguous()
+    blk.train(training)
+    x = case.input()
+    grad = torch.randn(case.N, case.cout, 5, 5, generator=torch.Generator().manual_seed(2))
+    grad = grad if training else None
+    ref = run_module(copy.deepcopy(blk), _reference, x, grad)
+    out = run_module(copy.deepcopy(blk), _kernel, x, grad)
+    assert torch.allclose(out.out, ref.out, atol=1e-4, rtol=1e-4)
+    assert set(out.grads) == set(ref.grads)
+    for name in ref.grads:
+        assert torch.allclose(out.grads[name], ref.grads[name], atol=1e-4, rtol=1e-4), name
+    for name in ref.buffers:
+        assert torch.allclose(out.buffers[name], ref.buffers[name], atol=1e-5), name
+
+
+@needs_interpreter
+@pytest.mark.interpreter
+def test_cumulative_bn_average_matches_batchnorm() -> None:
+    """BN with ``momentum=None`` (BN recalibration's exact mean over batches) on the kernels:
+    after three batches the running statistics are BatchNorm2d's cumulative averages."""
+    from fastscarlet.kernels.mbconv import mbconv_supported
+
+    case = Case(8, 12, 3, 3, 2, "relu6", True, 7)
+    blk = case.block().train()
+    for bn in (blk.bn1, blk.bn2, blk.bn3):
+        bn.reset_running_stats()
+        bn.momentum = None
+    xs = [case.input(seed) * (seed + 1) for seed in range(3)]
+    assert mbconv_supported(blk, blk.se, xs[0])
+    ref, ker = copy.deepcopy(blk), copy.deepcopy(blk)
+    with torch.no_grad():
+        for x in xs:
+            _reference(ref, x)
+            _kernel(ker, x)
+    for name, want in ref.named_buffers():
+        got = ker.get_buffer(name)
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), name
+    assert int(ker.bn2.num_batches_tracked) == 3
+    # and not the last batch's statistics alone (what a momentum of 1 would leave)
+    last = copy.deepcopy(blk)
+    for bn in (last.bn1, last.bn2, last.bn3):
+        bn.momentum = 1.0
+    with torch.no_grad():
+        _reference(last, xs[-1])
+    assert not torch.allclose(last.bn2.running_var, ker.bn2.running_var, atol=1e-3)
 
 
 @needs_interpreter
@@ -367,15 +447,24 @@ def test_gpu_autocast_module_within_budget(exact_fp32) -> None:
 @needs_cuda
 @pytest.mark.gpu
 def test_gpu_module_default_is_kernels_and_compiles() -> None:
-    """On CUDA the module runs the kernels by default; torch.compile (inductor) over it works."""
+    """On CUDA the module runs the kernels by default; torch.compile (inductor, fullgraph) over a
+    training step gives the eager kernel path's output, gradients and running statistics."""
+    from fastscarlet.kernels.testing import assert_close_scaled
+
     case = Case(32, 32, 3, 5, 1, "hswish", True, 56, N=8)
     blk = case.block().cuda()
-    x = case.input().cuda().requires_grad_()
-    y = blk(x)
-    assert "MBConvTrainFunction" in type(y.grad_fn).__name__
+    x = case.input().cuda()
+    runs = []
     torch._dynamo.reset()
-    yc = torch.compile(copy.deepcopy(blk))(x)
-    assert torch.allclose(y, yc, atol=1e-4, rtol=1e-4)
+    for compiled in (False, True):
+        m, inp = copy.deepcopy(blk), x.clone().requires_grad_()
+        y = (torch.compile(m, fullgraph=True) if compiled else m)(inp)
+        if not compiled:
+            assert "MBConvTrainFunction" in type(y.grad_fn).__name__
+        y.square().sum().backward()
+        runs.append((y, inp.grad, m.expand.weight.grad, m.dw.weight.grad, m.bn2.running_var))
+    for a, b in zip(*runs):
+        assert_close_scaled(b, a, tol=1e-4)
 
 
 @needs_interpreter

@@ -146,3 +146,21 @@ def test_pw_conv_wgrad(variant: str) -> None:
     dw = torch.zeros(Co, C)
     pw_conv_wgrad(_rows(a), _rows(b), dw, geom=(N, Ho, Ho, H, H), b_stride=s, **kwargs)
     _close(dw, want)
+
+
+@pytest.mark.parametrize("extras", ["plain", "gate+residual+stats", "stride2"])
+def test_pw_conv_fwd_with_64bit_offsets(monkeypatch, extras: str) -> None:
+    """The ``WIDE`` variant (64-bit row offsets, for tensors of >= 2**31 elements), forced on
+    tiny tensors: the same numbers as the formula."""
+    from fastscarlet.kernels import pointwise as pw
+
+    monkeypatch.setattr(pw, "_wide", lambda *tensors: True)
+    test_pw_conv_fwd("bn_bwd", "affine", extras)
+
+
+@pytest.mark.parametrize("variant", ["stride2", "bn_bwd_x", "gram"])
+def test_pw_conv_wgrad_with_64bit_offsets(monkeypatch, variant: str) -> None:
+    from fastscarlet.kernels import pointwise as pw
+
+    monkeypatch.setattr(pw, "_wide", lambda *tensors: True)
+    test_pw_conv_wgrad(variant)
