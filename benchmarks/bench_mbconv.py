@@ -388,12 +388,23 @@ GOALS = [
 ]
 
 
+def kernel_variants() -> dict[str, str]:
+    """The kernel choices in force (``FASTSCARLET_KERNELS``, ``FASTSCARLET_DW_FWD``,
+    ``FASTSCARLET_DW_WGRAD``), recorded with every result."""
+    from fastscarlet.kernels.depthwise import fwd_mode, wgrad_mode
+    from fastscarlet.kernels.dispatch import current_mode
+
+    return {"kernels": current_mode(), "dw_fwd": fwd_mode(), "dw_wgrad": wgrad_mode()}
+
+
 def table(rows: list[Row], summary: dict, header: dict) -> str:
     """The markdown table (also what is printed)."""
     lines = [
         f"Device: {header['device']}; torch {header['torch']}, triton {header['triton']}; "
         f"{header['date']}; batch {header['batch']}, {header['size']}x{header['size']} input, "
-        f"{header['dtype']}; copy bandwidth {header['bandwidth_gbs']:.0f} GB/s.",
+        f"{header['dtype']}; copy bandwidth {header['bandwidth_gbs']:.0f} GB/s; kernels "
+        + ", ".join(f"{k}={v}" for k, v in header.get("kernels", {}).items())
+        + ".",
         "",
         "| # | block | shape | fwd floor us | fwd ours | eager | compile | x eager | x compile "
         "| % floor | train floor us | train ours | eager | compile | x eager | x compile | % floor |",
@@ -520,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
 
     header = {
         "device": torch.cuda.get_device_name(0) if gpu else f"CPU {platform.processor()} (smoke)",
+        "kernels": kernel_variants(),
         "torch": torch.__version__,
         "triton": triton.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -20,7 +20,7 @@ import sys
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from bench_mbconv import parse_layers, scarlet_a_layers
+from bench_mbconv import kernel_variants, parse_layers, scarlet_a_layers
 
 
 def _profile(fn, iters: int) -> list[dict]:
@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device("cuda")
     cl = torch.channels_last
     keep = parse_layers(args.layers)
-    out: dict[str, dict] = {}
+    out: dict[str, dict] = {"kernels": kernel_variants()}
+    print("kernels: " + ", ".join(f"{k}={v}" for k, v in out["kernels"].items()))
     for layer in scarlet_a_layers(args.size):
         if layer.index not in keep:
             continue

@@ -10,6 +10,7 @@ register pressure of the tile sizes chosen for the GPU.
     python -m fastscarlet.kernels.aot              # the 19 Scarlet-A layers, train + inference
     python -m fastscarlet.kernels.aot --quick      # one representative block
     python -m fastscarlet.kernels.aot --layers 2 --sass _dw_   # + the loops of the depthwise SASS
+    python -m fastscarlet.kernels.aot --dw-fwd     # the two depthwise forward kernels, per output
 """
 
 from __future__ import annotations
@@ -311,6 +312,68 @@ def scarlet_a_blocks() -> list[dict]:
     return out
 
 
+def dw_fwd_cost(launch: Launch, loops: list[SassLoop]) -> tuple[float, float]:
+    """``(warp instructions per output element, FFMA share)`` of a depthwise forward launch
+    (``_dw_conv_fwd_kernel`` or ``_dw_sweep_fwd_kernel``), from its SASS loops: the kernel-row
+    loop (the innermost, ``k`` trips per image) plus the rest of the image loop, for every
+    program, image and warp of the grid, over the ``N Ho Wo C`` outputs. A static count of what
+    the schedulers issue, including masked-off tile margins; the per-program set-up and the
+    final reductions are left out."""
+    k = int(launch.constexprs["KSIZE"])
+    inner = min(loops, key=lambda lp: lp.end - lp.start)
+    outer = max(loops, key=lambda lp: lp.end - lp.start)
+    per_image = sum(outer.ops.values()) + (k - 1) * sum(inner.ops.values())
+    ffma = outer.ops.get("FFMA", 0) + (k - 1) * inner.ops.get("FFMA", 0)
+    C, Ho, Wo = (int(launch.args[i]) for i in (12, 15, 16))
+    tiles, _, cblocks = launch.grid
+    per_output = tiles * cblocks * per_image * launch.num_warps / (Ho * Wo * C)
+    return per_output, ffma / per_image
+
+
+def dw_fwd_table(blocks: list[tuple[int, dict]], arch: int = 90) -> list[str]:
+    """Markdown rows: each ``(layer number, block)``'s depthwise forward (inference and
+    training) in both ``FASTSCARLET_DW_FWD`` modes, by :func:`dw_fwd_cost`."""
+    from .depthwise import _dw_conv_fwd_kernel, _dw_sweep_fwd_kernel
+
+    names = (_dw_conv_fwd_kernel.__name__, _dw_sweep_fwd_kernel.__name__)
+    rows = [
+        "| layer | k | s | C | Ho | mode | tile instr/output | sweep instr/output | ratio "
+        "| tile FFMA share | sweep FFMA share | registers tile, sweep (warps) |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    old = os.environ.get("FASTSCARLET_DW_FWD")
+    try:
+        for n, kw in blocks:
+            for training in (False, True):
+                cost, regs = [], []
+                for mode in ("tile", "sweep"):
+                    os.environ["FASTSCARLET_DW_FWD"] = mode
+                    launch = next(
+                        (lp for lp in record_block(**kw, training=training)
+                         if lp.kernel.__name__ in names), None,
+                    )  # fmt: skip
+                    if launch is None:  # inference without SE: the fused dw + project kernel
+                        break
+                    compiled = compile_launch(launch, arch, sass=True)
+                    cost.append(dw_fwd_cost(launch, compiled.loops))
+                    regs.append(f"{compiled.registers} ({launch.num_warps})")
+                    shape = launch.args[12], launch.args[15]
+                if not cost:
+                    continue
+                (t, tf), (w, wf) = cost
+                rows.append(
+                    f"| {n} | {kw['kernel']} | {kw['stride']} | {shape[0]} | {shape[1]} | "
+                    f"{'train' if training else 'infer'} | {t:.2f} | {w:.2f} | {t / w:.2f}x "
+                    f"| {tf:.0%} | {wf:.0%} | {', '.join(regs)} |"
+                )
+    finally:
+        if old is None:
+            os.environ.pop("FASTSCARLET_DW_FWD", None)
+        else:
+            os.environ["FASTSCARLET_DW_FWD"] = old
+    return rows
+
+
 _TODO: list[
     Launch
 ] = []  # the launches of this run, for forked workers (JIT functions don't pickle)
@@ -330,12 +393,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--layers", help="1-based Scarlet-A layer numbers, e.g. 2,4,16 (all)")
     parser.add_argument("--sass", metavar="REGEX", help="print the SASS loops of these kernels")
+    parser.add_argument(
+        "--dw-fwd", action="store_true", help="compare the two depthwise forward kernels"
+    )
     args = parser.parse_args(argv)
-    blocks = scarlet_a_blocks()
+    numbered = list(enumerate(scarlet_a_blocks(), 1))
     if args.layers:
-        blocks = [blocks[int(i) - 1] for i in args.layers.split(",")]
+        numbered = [numbered[int(i) - 1] for i in args.layers.split(",")]
     if args.quick:
-        blocks = [dict(cin=40, cout=40, expansion=6, kernel=7, stride=1, se=True, size=28)]
+        numbered = [(0, dict(cin=40, cout=40, expansion=6, kernel=7, stride=1, se=True, size=28))]
+    if args.dw_fwd:
+        print("\n".join(dw_fwd_table(numbered, args.arch)))
+        return 0
+    blocks = [kw for _, kw in numbered]
     launches: list[Launch] = []
     for kw in blocks:
         for training in (False, True):

@@ -42,6 +42,19 @@ STAT_ROWS = 5
 
 
 @triton.jit
+def bn_eval_affine(gamma_ptr, beta_ptr, mean_ptr, var_ptr, offs, mask, eps):
+    """Eval-mode BN at ``offs`` folded to fp32 ``(scale, shift)``: ``y = x * scale + shift``
+    with ``scale = gamma / sqrt(running_var + eps)``, ``shift = beta - running_mean * scale``
+    (masked lanes: scale ``1 / sqrt(1 + eps)``, shift 0)."""
+    gamma = tl.load(gamma_ptr + offs, mask=mask, other=1.0).to(tl.float32)
+    beta = tl.load(beta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    rmean = tl.load(mean_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    rvar = tl.load(var_ptr + offs, mask=mask, other=1.0).to(tl.float32)
+    scale = gamma * tl.rsqrt(rvar + eps)
+    return scale, beta - rmean * scale
+
+
+@triton.jit
 def _bn_train_finalize_kernel(
     sums_ptr, gamma_ptr, beta_ptr, out_ptr, C, count, eps, BLOCK: tl.constexpr
 ):
@@ -366,6 +379,7 @@ __all__ = [
     "bn_bwd_apply",
     "bn_bwd_coef",
     "bn_bwd_reduce",
+    "bn_eval_affine",
     "bn_gram_finalize",
     "bn_train_finalize",
 ]

@@ -8,18 +8,24 @@ zero outside the image. ``Ho = (H - 1) // s + 1`` (odd k).
   where the conv pads the activated tensor); it costs ~7 ALU ops per tap, so the training block
   applies BN1 in a pass of its own instead (see :mod:`fastscarlet.kernels.mbconv`). Epilogue: BN-eval affine folded in-kernel, activation, and any
   of: store, BN statistics (sum, sum of squares per channel), SE pooling (per image and channel).
+* :func:`_dw_sweep_fwd_kernel`: the same contract computed by a column sweep (``COLS`` output
+  columns in registers, each input column loaded once per kernel row and added into every output
+  column it feeds): about half the instructions per output, twice the registers; chosen by
+  :func:`fwd_mode` (``FASTSCARLET_DW_FWD``), untimed until a GPU compares the two.
 * :func:`_dw_conv_bwd_kernel`: input-stationary, so the input gradient needs no atomics:
   ``dx[n, hi, wi, c] = sum_{i,j} dz[n, (hi + p - i)/s, (wi + p - j)/s, c] * w[c, i, j]`` over the
   taps where the division is exact. With s = 2 a program owns one parity class
   ``(hi % 2, wi % 2)``, for which the exactness of each tap is a scalar test: it runs only the
-  ~k^2/4 taps that contribute instead of masking 3/4 of every load. The weight gradient
-  ``dw[c, i, j] = sum dz * a_in`` reuses the same loads (``a_in`` is the input tile, loaded once)
-  and is accumulated in a ``[KK_PAD, BLOCK_C]`` register tile, one row per tap.
+  ~k^2/4 taps that contribute instead of masking 3/4 of every load.
+* :func:`_dw_wgrad_kernel`: the weight gradient ``dw[c, i, j] = sum dz * a_in``, each kernel
+  row's taps summed elementwise over the program's images and reduced once per row
+  (``FASTSCARLET_DW_WGRAD=fused`` computes it inside :func:`_dw_conv_bwd_kernel` instead, one
+  reduction per tap and image; :func:`wgrad_mode`).
 
 Tiles are ``TILE_H x TILE_W`` pixels of one image (8x8 on a GPU: the 56x56 and 112x112 stages
 split exactly, the halo of a 7x7 kernel is 14x14 = 3x the tile and stays in L1/L2) by
-``BLOCK_C`` channels (64 bf16 channels = one 128-byte line per pixel). A program may loop over
-several images (``IMGS``) so that statistics reach memory with few atomics.
+``BLOCK_C`` channels (32 or 16, :func:`channel_block`). A program may loop over several images
+(``IMGS``) so that statistics reach memory with few atomics.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from torch.nn import functional as F
 
 from .activations import act_code, act_fwd, act_grad
 from .alignment import assume_multiple, channel_align
+from .batchnorm import bn_eval_affine
 from .launch import cdiv, interpreting, launch, next_pow2, num_sms, split_for
 from .pointwise import expand_tile
 
@@ -78,12 +85,7 @@ def _dw_conv_fwd_kernel(
         sa = tl.load(pa_ptr + c, mask=c_ok, other=0.0)
         sb = tl.load(pb_ptr + c, mask=c_ok, other=0.0)
     if EPI == 2:
-        gamma = tl.load(ea_ptr + c, mask=c_ok, other=1.0).to(tl.float32)
-        beta = tl.load(eb_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-        rmean = tl.load(ec_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-        rvar = tl.load(ed_ptr + c, mask=c_ok, other=1.0).to(tl.float32)
-        e_scale = gamma * tl.rsqrt(rvar + eps)
-        e_shift = beta - rmean * e_scale
+        e_scale, e_shift = bn_eval_affine(ea_ptr, eb_ptr, ec_ptr, ed_ptr, c, c_ok, eps)
     if STATS:  # summed elementwise over the images, reduced over the pixels once at the end
         s_acc = tl.zeros([TILE_H * TILE_W, BLOCK_C], dtype=tl.float32)
         q_acc = tl.zeros([TILE_H * TILE_W, BLOCK_C], dtype=tl.float32)
@@ -117,6 +119,103 @@ def _dw_conv_fwd_kernel(
             if POOL:
                 col = tl.sum(accm, axis=0)
                 tl.atomic_add(pool_ptr + (n * C + c), col * pool_scale, mask=c_ok)
+    if STATS:
+        tl.atomic_add(stats_ptr + c, tl.sum(s_acc, axis=0), mask=c_ok)
+        tl.atomic_add(stats_ptr + C + c, tl.sum(q_acc, axis=0), mask=c_ok)
+
+
+@triton.jit
+def _bump(accs, q: tl.constexpr, x):
+    """``accs[q] += x`` for a tuple of register tiles (``q`` known at compile time)."""
+    return accs[:q] + (accs[q] + x,) + accs[q + 1 :]
+
+
+@triton.jit
+def _dw_sweep_fwd_kernel(
+    x_ptr, w_ptr, out_ptr, pa_ptr, pb_ptr,
+    ea_ptr, eb_ptr, ec_ptr, ed_ptr, stats_ptr, pool_ptr,
+    N, C, H, W, Ho, Wo, IMG_IN, IMG_OUT, TILES_W, IMGS, eps, pool_scale,
+    KSIZE: tl.constexpr, STRIDE: tl.constexpr, PRO: tl.constexpr, PRO_ACT: tl.constexpr,
+    EPI: tl.constexpr, EPI_ACT: tl.constexpr,
+    STORE: tl.constexpr, STATS: tl.constexpr, POOL: tl.constexpr,
+    ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK_C: tl.constexpr, ALIGN: tl.constexpr,
+):  # fmt: skip
+    """:func:`_dw_conv_fwd_kernel`'s contract (same arguments and flags), computed by a column
+    sweep: the tile is ``ROWS`` output rows (one tensor dimension, spread over the threads) by
+    ``COLS`` output columns held as ``COLS`` separate register tiles, by ``BLOCK_C`` channels.
+
+    For each kernel row ``i`` the program loads that row's ``k`` tap weights once, then walks the
+    ``(COLS - 1) * s + k`` input columns the tile's outputs read: each input column is loaded and
+    converted to fp32 once and added, with each tap weight, into every output column it feeds
+    (the pairs are resolved at compile time). The tile kernel instead loads and converts its input
+    once per tap, ``k`` times per kernel row; for Scarlet-A's layer 4 (k = 7, bf16) the sm_90
+    SASS of one kernel row has 795 instructions for 448 FMAs here against 467 for 112 there.
+    The price is registers: ``COLS`` accumulators and ``k`` weight vectors per thread."""
+    C = assume_multiple(C, ALIGN)
+    IMG_IN = assume_multiple(IMG_IN, ALIGN)
+    IMG_OUT = assume_multiple(IMG_OUT, ALIGN)
+    pid_t = tl.program_id(0)
+    pid_g = tl.program_id(1)
+    pid_c = tl.program_id(2)
+    PAD: tl.constexpr = KSIZE // 2
+    SPAN: tl.constexpr = (COLS - 1) * STRIDE + KSIZE  # input columns one tile row reads
+    ho = (pid_t // TILES_W) * ROWS + tl.arange(0, ROWS)
+    wo0 = (pid_t % TILES_W) * COLS
+    row_ok = ho < Ho
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    c2 = c[None, :]
+    c2_ok = c2 < C
+    if PRO == 1:
+        sa = tl.load(pa_ptr + c2, mask=c2_ok, other=0.0)
+        sb = tl.load(pb_ptr + c2, mask=c2_ok, other=0.0)
+    if EPI == 2:
+        e_scale, e_shift = bn_eval_affine(ea_ptr, eb_ptr, ec_ptr, ed_ptr, c2, c2_ok, eps)
+    if STATS:  # summed elementwise over columns and images, reduced over the rows once
+        s_acc = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
+        q_acc = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
+    out_rows = (ho * Wo * C)[:, None] + c[None, :]
+    n0 = pid_g * IMGS
+    for n in range(n0, tl.minimum(n0 + IMGS, N)):
+        xb = x_ptr + tl.cast(n, tl.int64) * IMG_IN
+        accs = (tl.zeros([ROWS, BLOCK_C], dtype=tl.float32),) * COLS
+        for i in range(KSIZE):
+            hi = ho * STRIDE + (i - PAD)
+            hm = (row_ok & (hi >= 0) & (hi < H))[:, None] & c_ok[None, :]
+            in_rows = (hi * W * C)[:, None] + c[None, :]
+            taps = ()
+            for j in tl.static_range(KSIZE):  # loaded as [1, BLOCK_C]: no layout conversion
+                wv = tl.load(w_ptr + (i * KSIZE + j) * C + c2, mask=c2_ok, other=0.0)
+                taps = taps + (wv.to(tl.float32),)
+            for t in tl.static_range(SPAN):
+                wi = wo0 * STRIDE + (t - PAD)
+                m = hm & (wi >= 0) & (wi < W)
+                v = tl.load(xb + in_rows + wi * C, mask=m, other=0.0).to(tl.float32)
+                if PRO == 1:
+                    v = tl.where(m, act_fwd(v * sa + sb, PRO_ACT), 0.0)
+                for q in tl.static_range(COLS):  # output column q reads it through tap t - q s
+                    if (t - q * STRIDE >= 0) & (t - q * STRIDE < KSIZE):
+                        accs = _bump(accs, q, v * taps[t - q * STRIDE])
+        if POOL:
+            pooled = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
+        ob = out_ptr + tl.cast(n, tl.int64) * IMG_OUT
+        for q in tl.static_range(COLS):
+            acc = accs[q]
+            if EPI == 2:
+                acc = acc * e_scale + e_shift
+            acc = act_fwd(acc, EPI_ACT)
+            om = (row_ok & (wo0 + q < Wo))[:, None] & c2_ok
+            if STORE:
+                tl.store(ob + out_rows + (wo0 + q) * C, acc, mask=om)
+            if STATS or POOL:
+                accm = tl.where(om, acc, 0.0)
+                if STATS:
+                    s_acc += accm
+                    q_acc += accm * accm
+                if POOL:
+                    pooled += accm
+        if POOL:
+            tl.atomic_add(pool_ptr + (n * C + c), tl.sum(pooled, axis=0) * pool_scale, mask=c_ok)
     if STATS:
         tl.atomic_add(stats_ptr + c, tl.sum(s_acc, axis=0), mask=c_ok)
         tl.atomic_add(stats_ptr + C + c, tl.sum(q_acc, axis=0), mask=c_ok)
@@ -411,8 +510,9 @@ def dw_conv_fwd(
     epi_act: str = "none",
     stats: torch.Tensor | None = None,
     pool: torch.Tensor | None = None,
+    mode: str | None = None,
 ) -> torch.Tensor | None:
-    """Launch :func:`_dw_conv_fwd_kernel`.
+    """Launch :func:`_dw_conv_fwd_kernel` (or :func:`_dw_sweep_fwd_kernel`, see :func:`fwd_mode`).
 
     Args:
         x: ``[N*H*W, C]`` rows; ``geom = (N, H, W)``.
@@ -422,27 +522,38 @@ def dw_conv_fwd(
         bn_eval: ``(gamma, beta, running_mean, running_var)`` for the epilogue.
         stats: fp32 ``[2, C]`` zeroed; pool: fp32 ``[N, C]`` zeroed, receives the per-image mean
             of the (activated) output.
+        mode: ``"tile"`` or ``"sweep"``; None reads :func:`fwd_mode`.
     """
     N, H, W = geom
     C = x.shape[1]
     k = weight.shape[-1]
     Ho, Wo = dw_out_size(H, stride), dw_out_size(W, stride)
     dev = x.device
-    th_, tw_ = _tiles(dev)
+    sweep = fwd_mode(mode) == "sweep"
+    if sweep:  # ROWS x COLS output pixels; one 16-byte vector of channels per thread and column
+        if interpreting(dev):
+            th_, tw_, bc, warps = 4, 4, 32, 1  # several column tiles on tiny test images
+        else:
+            bc = channel_block(C, (32, 16))
+            # 8 columns; 4 at stride 2 and for k = 9, where the input span (7 s + k columns) took
+            # every register or spilled (sm_90: k = 7 stride 2 spilled, k = 3 stride 2 at 7x7 too)
+            th_, tw_ = (16 if Ho > 8 else 8), (8 if 7 * stride + k <= 14 else 4)
+            warps = max(1, th_ * bc // 256)
+    else:
+        th_, tw_ = _tiles(dev)
+        bc = 32 if interpreting(dev) else channel_block(C, (32, 16))
+        warps = 4
     tiles_w = cdiv(Wo, tw_)
     tiles = cdiv(Ho, th_) * tiles_w
-    if interpreting(dev):
-        bc, imgs = 32, 2
-    else:
-        bc = channel_block(C, (32, 16))
-        imgs = 1
-        if stats is not None:  # programs sum statistics over images: ~16 per SM, few atomics
-            groups = split_for(N, tiles * cdiv(C, bc), 16 * num_sms(dev))
-            imgs = cdiv(N, groups)
+    imgs = 2 if interpreting(dev) else 1
+    if stats is not None and not interpreting(dev):
+        # programs sum statistics over images: ~16 per SM, few atomics
+        imgs = cdiv(N, split_for(N, tiles * cdiv(C, bc), 16 * num_sms(dev)))
     pv = pro_vecs if pro_vecs is not None else (x, x)
     ev = bn_eval if bn_eval is not None else (x, x, x, x)
+    tile = dict(ROWS=th_, COLS=tw_) if sweep else dict(TILE_H=th_, TILE_W=tw_)
     launch(
-        _dw_conv_fwd_kernel,
+        _dw_sweep_fwd_kernel if sweep else _dw_conv_fwd_kernel,
         (tiles, cdiv(N, imgs), cdiv(C, bc)),
         x, taps_major(weight), out if out is not None else x, pv[0], pv[1],
         ev[0], ev[1], ev[2], ev[3], stats if stats is not None else x,
@@ -450,10 +561,30 @@ def dw_conv_fwd(
         N, C, H, W, Ho, Wo, H * W * C, Ho * Wo * C, tiles_w, imgs, float(eps), 1.0 / (Ho * Wo),
         KSIZE=k, STRIDE=stride, PRO=1 if pro_vecs is not None else 0, PRO_ACT=act_code(pro_act),
         EPI=EPI_BN_EVAL if bn_eval is not None else EPI_NONE, EPI_ACT=act_code(epi_act),
-        STORE=out is not None, STATS=stats is not None, POOL=pool is not None,
-        TILE_H=th_, TILE_W=tw_, BLOCK_C=bc, ALIGN=channel_align(C), num_warps=4, num_stages=1,
+        STORE=out is not None, STATS=stats is not None, POOL=pool is not None, **tile,
+        BLOCK_C=bc, ALIGN=channel_align(C), num_warps=warps, num_stages=1,
     )  # fmt: skip
     return out
+
+
+FWD_MODES = ("tile", "sweep")
+
+
+def fwd_mode(mode: str | None = None) -> str:
+    """Which kernel :func:`dw_conv_fwd` launches: ``mode``, else the environment variable
+    ``FASTSCARLET_DW_FWD``, else ``"tile"``.
+
+    ``"tile"``: :func:`_dw_conv_fwd_kernel`, the kernel whose lineage was measured on an H100;
+    ``"sweep"``: :func:`_dw_sweep_fwd_kernel` (about half the sm_90 instructions per output,
+    twice the registers; untimed). Both are kept so that one GPU run compares them.
+    """
+    chosen = mode if mode is not None else os.environ.get("FASTSCARLET_DW_FWD", "tile")
+    if chosen not in FWD_MODES:
+        raise ValueError(
+            f"depthwise forward mode {chosen!r} (FASTSCARLET_DW_FWD): "
+            f"expected one of {', '.join(FWD_MODES)}"
+        )
+    return chosen
 
 
 WGRAD_MODES = ("split", "fused")
@@ -562,6 +693,7 @@ __all__ = [
     "dw_conv_bwd",
     "dw_conv_fwd",
     "dw_out_size",
+    "fwd_mode",
     "taps_major",
     "wgrad_mode",
 ]

@@ -92,6 +92,7 @@ from .batchnorm import (
     bn_bwd_apply,
     bn_bwd_coef,
     bn_bwd_reduce,
+    bn_eval_affine,
     bn_gram_finalize,
     bn_train_finalize,
 )
@@ -169,12 +170,8 @@ def _dw_project_fwd_kernel(
                 v = tl.load(hb + (e0 + ((i - PAD) * W + (j - PAD)) * E) + centre, mask=m, other=0.0)
                 wv = tl.load(wdw_ptr + (i * KSIZE + j) * E + e, mask=e_ok, other=0.0)
                 d += v.to(tl.float32) * wv.to(tl.float32)[None, :]
-        gamma = tl.load(g2_ptr + e, mask=e_ok, other=1.0).to(tl.float32)
-        beta = tl.load(b2_ptr + e, mask=e_ok, other=0.0).to(tl.float32)
-        rmean = tl.load(m2_ptr + e, mask=e_ok, other=0.0).to(tl.float32)
-        rvar = tl.load(v2_ptr + e, mask=e_ok, other=1.0).to(tl.float32)
-        sc = gamma * tl.rsqrt(rvar + eps2)
-        a2 = act_fwd(d * sc[None, :] + (beta - rmean * sc)[None, :], ACT)
+        sc, sh = bn_eval_affine(g2_ptr, b2_ptr, m2_ptr, v2_ptr, e, e_ok, eps2)
+        a2 = act_fwd(d * sc[None, :] + sh[None, :], ACT)
         a2 = tl.where(e_ok[None, :], a2, 0.0)
         w3 = tl.load(
             w3_ptr + co[None, :] * E + e[:, None], mask=e_ok[:, None] & co_ok[None, :], other=0.0
@@ -183,12 +180,8 @@ def _dw_project_fwd_kernel(
             acc = tl.dot(a2, w3.to(tl.float32), acc, input_precision="ieee")
         else:
             acc = tl.dot(a2.to(h_ptr.dtype.element_ty), w3.to(h_ptr.dtype.element_ty), acc)
-    gamma3 = tl.load(g3_ptr + co, mask=co_ok, other=1.0).to(tl.float32)
-    beta3 = tl.load(b3_ptr + co, mask=co_ok, other=0.0).to(tl.float32)
-    rmean3 = tl.load(m3_ptr + co, mask=co_ok, other=0.0).to(tl.float32)
-    rvar3 = tl.load(v3_ptr + co, mask=co_ok, other=1.0).to(tl.float32)
-    sc3 = gamma3 * tl.rsqrt(rvar3 + eps3)
-    acc = acc * sc3[None, :] + (beta3 - rmean3 * sc3)[None, :]
+    sc3, sh3 = bn_eval_affine(g3_ptr, b3_ptr, m3_ptr, v3_ptr, co, co_ok, eps3)
+    acc = acc * sc3[None, :] + sh3[None, :]
     o_offs = ((ho * Wo + wo) * COUT)[:, None] + co[None, :]
     om = row_ok[:, None] & co_ok[None, :]
     img_out = tl.cast(n, tl.int64) * IMG_RES

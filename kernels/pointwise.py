@@ -40,6 +40,7 @@ from torch.nn import functional as F
 
 from .activations import act_code, act_fwd
 from .alignment import assume_multiple, channel_align
+from .batchnorm import bn_eval_affine
 from .launch import cdiv, clamp_pow2, interpreting, launch, num_sms, split_for
 
 PRO_NONE, PRO_AFFINE, PRO_BN_BWD, PRO_BN_BWD_X, PRO_APPEND_ONE = 0, 1, 2, 3, 4
@@ -125,12 +126,7 @@ def _pw_conv_fwd_kernel(
         e_scale = tl.load(ea_ptr + o, mask=o_ok, other=0.0)
         e_shift = tl.load(eb_ptr + o, mask=o_ok, other=0.0)
     if EPI == 2:
-        gamma = tl.load(ea_ptr + o, mask=o_ok, other=1.0).to(tl.float32)
-        beta = tl.load(eb_ptr + o, mask=o_ok, other=0.0).to(tl.float32)
-        rmean = tl.load(ec_ptr + o, mask=o_ok, other=0.0).to(tl.float32)
-        rvar = tl.load(ed_ptr + o, mask=o_ok, other=1.0).to(tl.float32)
-        e_scale = gamma * tl.rsqrt(rvar + eps)
-        e_shift = beta - rmean * e_scale
+        e_scale, e_shift = bn_eval_affine(ea_ptr, eb_ptr, ec_ptr, ed_ptr, o, o_ok, eps)
     if STATS:
         s_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
         q_acc = tl.zeros([BLOCK_N], dtype=tl.float32)

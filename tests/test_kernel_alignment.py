@@ -78,18 +78,44 @@ def test_sass_loops_finds_each_backward_branch_and_its_body() -> None:
     assert inner.line() == "loop 0x0020-0x0040: 3 instructions (FFMA 1, LDG 1)"
 
 
+def test_dw_fwd_cost_counts_loop_trips_programs_and_warps() -> None:
+    """Layer 4's tile forward as RESULTS.md derives it by hand: a kernel-row loop of 467
+    instructions (112 FFMA) run 7 times inside an image loop of 755 (128 FFMA); 16 tiles of 8x8
+    pixels and 4 blocks of 32 channels cover 28 x 28 x 120 outputs with 4 warps each."""
+    from fastscarlet.kernels.aot import SassLoop, dw_fwd_cost
+    from fastscarlet.kernels.launch import Launch
+
+    inner = SassLoop(0x100, 0x200, {"FFMA": 112, "LDG": 28, "IMAD": 327})
+    outer = SassLoop(0x080, 0x300, {"FFMA": 128, "LDG": 28, "IMAD": 599})
+    args = (None,) * 12 + (120, 28, 28, 28, 28)
+    launch = Launch(None, (16, 256, 4), args, {"KSIZE": 7}, num_warps=4, num_stages=1)
+    per_output, ffma = dw_fwd_cost(launch, [outer, inner])
+    per_image = 755 + 6 * 467
+    assert per_output == pytest.approx(16 * 4 * 4 * per_image / (28 * 28 * 120))
+    assert per_output == pytest.approx(9.68, abs=0.01)
+    assert ffma == pytest.approx((128 + 6 * 112) / per_image)
+
+
 @pytest.mark.slow
-def test_a_40_and_120_channel_block_compiles_to_vector_loads() -> None:
+def test_a_40_and_120_channel_block_compiles_to_vector_loads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Scarlet-A's layer 4 (40 -> 40, expansion 3: 120 hidden channels, k = 7, SE), bf16, train
-    and inference: no kernel may load one 16-bit element per instruction. Without the hints
-    (``assume_multiple`` a no-op) 15 of its 20 kernels did, the depthwise forward 112 times."""
+    and inference, with both depthwise forward kernels: no kernel may load one 16-bit element
+    per instruction, or spill. Without the hints (``assume_multiple`` a no-op) 15 of its 20
+    kernels had 16-bit loads, the depthwise forward 112 of them."""
     from fastscarlet.kernels.aot import compile_launch, record_block, unique
 
-    launches = record_block(40, 40, 3, 7, 1, se=True, size=28, training=True)
-    launches += record_block(40, 40, 3, 7, 1, se=True, size=28, training=False)
+    launches = []
+    for mode in ("tile", "sweep"):
+        monkeypatch.setenv("FASTSCARLET_DW_FWD", mode)
+        launches += record_block(40, 40, 3, 7, 1, se=True, size=28, training=True)
+        launches += record_block(40, 40, 3, 7, 1, se=True, size=28, training=False)
     compiled = [compile_launch(launch) for launch in unique(launches)]
-    assert {"_dw_conv_fwd_kernel", "_dw_conv_bwd_kernel", "_pw_conv_fwd_kernel"} <= {
-        c.name for c in compiled
-    }
+    assert {
+        "_dw_conv_fwd_kernel", "_dw_sweep_fwd_kernel", "_dw_conv_bwd_kernel", "_pw_conv_fwd_kernel"
+    } <= {c.name for c in compiled}  # fmt: skip
+    spills = {f"{c.name} [{c.constexprs}]": c.spill_bytes for c in compiled if c.spill_bytes}
+    assert not spills, spills
     narrow = {f"{c.name} [{c.constexprs}]": c.narrow_loads for c in compiled if c.narrow_loads}
     assert not narrow, narrow

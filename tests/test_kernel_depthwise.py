@@ -21,11 +21,15 @@ def _conv(x: torch.Tensor, w: torch.Tensor, s: int) -> torch.Tensor:
     return F.conv2d(x, w, None, s, w.shape[-1] // 2, 1, x.shape[1])
 
 
-@pytest.mark.parametrize(("k", "s", "H"), [(3, 1, 9), (5, 2, 9), (7, 1, 7), (7, 2, 13), (3, 2, 5)])
+@pytest.mark.parametrize(
+    ("k", "s", "H"), [(3, 1, 9), (5, 2, 9), (7, 1, 7), (7, 2, 13), (3, 2, 5), (9, 1, 10)]
+)
 @pytest.mark.parametrize("mode", ["inference", "training"])
-def test_dw_conv_fwd(k: int, s: int, H: int, mode: str) -> None:
+@pytest.mark.parametrize("kernel", ["tile", "sweep"])
+def test_dw_conv_fwd(k: int, s: int, H: int, mode: str, kernel: str) -> None:
     """inference: BN-eval + act epilogue, store, SE pooling; training: BN + act prologue (zero
-    padding applied after it), statistics, no pooling."""
+    padding applied after it), statistics, no pooling. Both forward kernels (``fwd_mode``); the
+    interpreter's sweep tile is 4 x 4, so the images span several row and column tiles."""
     from fastscarlet.kernels.activations import act_ref
     from fastscarlet.kernels.depthwise import dw_conv_fwd
 
@@ -40,7 +44,7 @@ def test_dw_conv_fwd(k: int, s: int, H: int, mode: str) -> None:
               torch.randn(C, generator=g), torch.rand(C, generator=g) + 0.5)  # fmt: skip
         pool = torch.zeros(N, C)
         dw_conv_fwd(_rows(x), w, (N, H, H), s, out=_rows(out), bn_eval=bn, eps=1e-5,
-                    epi_act="hswish", pool=pool)  # fmt: skip
+                    epi_act="hswish", pool=pool, mode=kernel)  # fmt: skip
         ref = _conv(x.double(), w.double(), s)
         sc = bn[0].double() / torch.sqrt(bn[3].double() + 1e-5)
         ref = ref * sc[:, None, None] + (bn[1].double() - bn[2].double() * sc)[:, None, None]
@@ -51,7 +55,7 @@ def test_dw_conv_fwd(k: int, s: int, H: int, mode: str) -> None:
         sa, sb = torch.rand(C, generator=g) + 0.5, torch.randn(C, generator=g)
         stats = torch.zeros(2, C)
         dw_conv_fwd(_rows(x), w, (N, H, H), s, out=_rows(out), pro_vecs=(sa, sb),
-                    pro_act="relu6", stats=stats)  # fmt: skip
+                    pro_act="relu6", stats=stats, mode=kernel)  # fmt: skip
         a = act_ref(x.double() * sa.double()[:, None, None] + sb.double()[:, None, None], "relu6")
         ref = _conv(a, w.double(), s)
         _close(out, ref)
@@ -123,6 +127,19 @@ def test_wgrad_mode_names_a_bad_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FASTSCARLET_DW_WGRAD", "atomic")
     with pytest.raises(ValueError, match="FASTSCARLET_DW_WGRAD.*split, fused"):
         wgrad_mode()
+
+
+def test_fwd_mode_names_a_bad_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastscarlet.kernels.depthwise import fwd_mode
+
+    monkeypatch.delenv("FASTSCARLET_DW_FWD", raising=False)
+    assert fwd_mode() == "tile"
+    monkeypatch.setenv("FASTSCARLET_DW_FWD", "sweep")
+    assert fwd_mode() == "sweep"
+    assert fwd_mode("tile") == "tile"
+    monkeypatch.setenv("FASTSCARLET_DW_FWD", "winograd")
+    with pytest.raises(ValueError, match="FASTSCARLET_DW_FWD.*tile, sweep"):
+        fwd_mode()
 
 
 def test_channel_block_prefers_little_waste() -> None:

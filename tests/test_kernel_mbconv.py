@@ -162,6 +162,27 @@ def test_inference_block_matches_reference(case: Case) -> None:
         _compare(case, False, torch.float32, "cpu")
 
 
+# The depthwise forward's column-sweep kernel (FASTSCARLET_DW_FWD=sweep) inside the block:
+# training (statistics) and inference with SE (pooling), stride 2, k = 7, a ragged image group.
+SWEEP_CASES = [
+    (Case(12, 12, 6, 7, 1, "hswish", True, 7), True),
+    (Case(8, 12, 6, 5, 2, "relu6", True, 9), True),
+    (Case(8, 8, 6, 5, 1, "hswish", True, 5, N=3), True),
+    (Case(8, 12, 6, 7, 2, "hswish", True, 13), False),
+]
+
+
+@needs_interpreter
+@pytest.mark.interpreter
+@pytest.mark.parametrize(("case", "training"), SWEEP_CASES, ids=str)
+def test_block_with_sweep_depthwise_matches_reference(
+    case: Case, training: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FASTSCARLET_DW_FWD", "sweep")
+    with torch.set_grad_enabled(training):
+        _compare(case, training, torch.float32, "cpu")
+
+
 @needs_interpreter
 @pytest.mark.interpreter
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -421,6 +442,21 @@ def test_gpu_inference_block_within_budget(case: Case, dtype: torch.dtype, exact
 
 @needs_cuda
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case", [GPU_CASES[0], GPU_CASES[3], GPU_CASES[6]], ids=str)
+def test_gpu_block_with_sweep_depthwise_within_budget(
+    case: Case, training: bool, dtype: torch.dtype, exact_fp32, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The column-sweep depthwise forward at real shapes: layer 1 (k 7, stride 2, 112x112),
+    layer 4 (k 7, 120 channels), 7x7 images (8-row tiles)."""
+    monkeypatch.setenv("FASTSCARLET_DW_FWD", "sweep")
+    with torch.set_grad_enabled(training):
+        _compare(case, training, dtype, "cuda")
+
+
+@needs_cuda
+@pytest.mark.gpu
 def test_gpu_autocast_module_within_budget(exact_fp32) -> None:
     """fp32 parameters under bf16 autocast (the AMP training setting the benchmark uses)."""
     case = Case(40, 40, 6, 5, 1, "hswish", True, 28, N=16)
@@ -494,6 +530,7 @@ def test_benchmark_smoke_runs(tmp_path) -> None:
     assert "SMOKE RUN" in res.stdout and "| 5 | E6K3SE |" in res.stdout
     data = json.loads(out.read_text())
     assert data["smoke"] and set(data["rows"][0]["train_us"]) == {"ours", "eager", "compile"}
+    assert data["header"]["kernels"]["dw_fwd"] in ("tile", "sweep")  # which kernels were timed
 
 
 # ---------------------------------------------------------------------------------------------
