@@ -394,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", help="1-based Scarlet-A layer numbers, e.g. 2,4,16 (all)")
     parser.add_argument("--sass", metavar="REGEX", help="print the SASS loops of these kernels")
     parser.add_argument(
+        "--sass-ops", action="store_true", help="with --sass: every opcode of each loop"
+    )
+    parser.add_argument(
         "--dw-fwd", action="store_true", help="compare the two depthwise forward kernels"
     )
     args = parser.parse_args(argv)
@@ -425,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         for loop in c.loops:
             print("    " + loop.line())
+            if args.sass_ops:
+                ops = sorted(loop.ops.items(), key=lambda kv: (-kv[1], kv[0]))
+                print("      " + ", ".join(f"{op} {n}" for op, n in ops))
     narrow = [c.narrow_loads for c in results if c.narrow_loads]
     mean_regs = sum(c.registers for c in results) / max(1, len(results))
     print(
