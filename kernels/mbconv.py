@@ -874,7 +874,7 @@ class MBConvTrainFunction(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------
 
 
-def _bn_ok(bn: nn.Module, training: bool) -> str | None:
+def _bn_ok(bn: nn.Module) -> str | None:
     if not isinstance(bn, nn.BatchNorm2d):
         return f"{type(bn).__name__} is not BatchNorm2d"
     if not bn.affine or not bn.track_running_stats:
@@ -929,7 +929,7 @@ def unsupported_reason(
         ):  # fmt: skip
             return f"{name} conv is not a bias-free, ungrouped, unpadded 1x1 conv"
     for bn in (block.bn1, block.bn2, block.bn3):
-        if (why := _bn_ok(bn, block.training)) is not None:
+        if (why := _bn_ok(bn)) is not None:
             return why
     frozen_bn_grad = not block.training and torch.is_grad_enabled()
     if frozen_bn_grad and (x.requires_grad or any(p.requires_grad for p in block.parameters())):
