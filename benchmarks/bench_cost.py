@@ -16,10 +16,10 @@ import time
 import numpy as np
 import torch
 
-from fastscarlet.arch import random_genome
 from fastscarlet.cost import CostModel, count_by_hooks
-from fastscarlet.network import build_network
+from fastscarlet.nn.network import build_network
 from fastscarlet.space import get_space
+from fastscarlet.space.genome import random_genome
 
 
 def main() -> None:

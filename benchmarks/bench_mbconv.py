@@ -4,7 +4,7 @@
     python benchmarks/bench_mbconv.py --markdown r.md --json r.json
     python benchmarks/bench_mbconv.py --smoke              # CPU, Triton interpreter, tiny shapes
 
-For each of the 19 Scarlet-A layers (``fastscarlet.models.PUBLISHED["scarlet_a"]``, the
+For each of the 19 Scarlet-A layers (``fastscarlet.space.published.PUBLISHED["scarlet_a"]``, the
 Scarlet space's shapes at 224x224 input, batch 256), side by side in one process:
 
 * **fwd**: inference forward of the block in eval mode, bf16 parameters and activations,
@@ -79,8 +79,8 @@ class Row:
 
 
 def scarlet_a_layers(size: int) -> list[Layer]:
-    from fastscarlet.models import PUBLISHED
     from fastscarlet.space import get_space
+    from fastscarlet.space.published import PUBLISHED
 
     model = PUBLISHED["scarlet_a"]
     space = get_space(model.space)
@@ -235,9 +235,9 @@ def bench_layer(layer: Layer, args, device, timer) -> Row:
 
     import torch
 
-    from fastscarlet.blocks import MBConv, init_weights
     from fastscarlet.kernels.dispatch import kernel_mode
     from fastscarlet.kernels.testing import randomize_bn
+    from fastscarlet.nn.blocks import MBConv, init_weights
     from fastscarlet.space import SEConfig
 
     torch.manual_seed(layer.index)
@@ -308,9 +308,9 @@ def bench_step(args, device, timer) -> dict[str, float]:
     import torch
 
     from fastscarlet.kernels.dispatch import kernel_mode
-    from fastscarlet.models import PUBLISHED
-    from fastscarlet.network import build_network
+    from fastscarlet.nn.network import build_network
     from fastscarlet.space import get_space
+    from fastscarlet.space.published import PUBLISHED
 
     model = PUBLISHED["scarlet_a"]
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ data loader is not measured), side by side in one process, alternating, after wa
 
 * ``plain``: ``for path: loss = CE(net(x, path)); loss.backward()`` then ``opt.step()``, autocast and
   channels_last as the trainer (what a user would write by hand);
-* ``trainer``: :meth:`fastscarlet.trainer.SupernetTrainer.train_step` (gradient bookkeeping of
+* ``trainer``: :meth:`fastscarlet.train.trainer.SupernetTrainer.train_step` (gradient bookkeeping of
   ``shared_grad=mean``, non-finite check, clipping, scheduler).
 
 With ``--with-data PATH`` a third row times the trainer's whole loop (``fit``) on real images.
@@ -27,8 +27,8 @@ import time
 import torch
 
 from fastscarlet.config import config_from_dict
-from fastscarlet.samplers import StrictFairSampler
-from fastscarlet.trainer import SupernetTrainer
+from fastscarlet.train.samplers import StrictFairSampler
+from fastscarlet.train.trainer import SupernetTrainer
 
 
 def _sync(device: torch.device) -> None:

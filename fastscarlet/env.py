@@ -13,6 +13,11 @@ import os
 import platform
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -91,15 +96,21 @@ def probe_dali() -> Probe:
     return Probe("nvidia.dali", True, getattr(dali, "__version__", "?"))
 
 
+def dali_plugin_path() -> Path | None:
+    """The built DALI plugin (``fastscarlet/data/_dali_ops*.so``, from ``csrc/dali_ops/``), or None.
+
+    Looked up on disk, so that this module imports nothing of the package above it."""
+    found = sorted((Path(__file__).parent / "data").glob("_dali_ops*.so"))
+    return found[0] if found else None
+
+
 @functools.cache
 def probe_dali_ops() -> Probe:
     """fastscarlet's DALI plugin (``csrc/dali_ops/``; used by CPU pipelines of the DALI backend)."""
     name = "dali plugin"
     if not probe_dali().available:
         return Probe(name, False, "", "needs nvidia.dali")
-    from fastscarlet.data import dali_ops
-
-    path = dali_ops.library_path()
+    path = dali_plugin_path()
     if path is None:
         return Probe(
             name,
@@ -110,6 +121,22 @@ def probe_dali_ops() -> Probe:
             "backend uses DALI's own operators",
         )
     return Probe(name, True, path.name)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` as a device."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device {name!r} asked for, but no CUDA device is available (use --device cpu)"
+        )
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; expected auto, cpu or cuda") from None
 
 
 def all_probes() -> list[Probe]:
@@ -145,10 +172,7 @@ def require(component: str) -> Probe:
 
 def report() -> str:
     """A human-readable table of versions and availability, for ``fastscarlet info``."""
-    from fastscarlet import __version__
-
     lines = [
-        f"fastscarlet {__version__}",
         f"python      {platform.python_version()} ({sys.executable})",
         f"platform    {platform.platform()}",
     ]

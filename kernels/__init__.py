@@ -8,7 +8,7 @@ Every kernel module carries its ``@triton.jit`` kernels, their host launchers an
 * building blocks: :mod:`.pointwise` (1x1 GEMMs), :mod:`.depthwise`, :mod:`.batchnorm`,
   :mod:`.activations`, :mod:`.alignment` (channel-count hints), :mod:`.launch`;
 * :mod:`.dispatch`: the one decision kernel vs reference (imports no Triton, so the modules of
-  ``fastscarlet.blocks`` import it unconditionally); :mod:`.aot`: sm_90 compilation checks without
+  ``fastscarlet.nn.blocks`` import it unconditionally); :mod:`.aot`: sm_90 compilation checks without
   a GPU; :mod:`.testing`: the error budget used by the tests.
 
 Importing this package never fails: Triton is imported only by the kernel modules, which the

@@ -87,7 +87,7 @@ def act_grad(u, ACT: tl.constexpr):
 
 
 def act_ref(u: torch.Tensor, name: str) -> torch.Tensor:
-    """PyTorch twin of :func:`act_fwd` (the modules of ``fastscarlet.blocks`` use the same ops)."""
+    """PyTorch twin of :func:`act_fwd` (the modules of ``fastscarlet.nn.blocks`` use the same ops)."""
     if name == "none":
         return u
     fn = {
@@ -125,7 +125,7 @@ def act_grad_ref(u: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def module_act_name(module: torch.nn.Module) -> str | None:
-    """The kernel name of an activation module of ``fastscarlet.blocks`` (None if unsupported)."""
+    """The kernel name of an activation module of ``fastscarlet.nn.blocks`` (None if unsupported)."""
     table = {
         torch.nn.ReLU: "relu",
         torch.nn.ReLU6: "relu6",

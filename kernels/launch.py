@@ -2,7 +2,7 @@
 
 Every host launcher in ``fastscarlet.kernels`` goes through :func:`launch`. Normally it is
 ``kernel[grid](*args, **constexprs, num_warps=..., num_stages=...)``; inside
-:func:`record_launches` it records the launch instead, so :mod:`fastscarlet.kernels.aot` can
+:func:`record_launches` it records the launch instead, so ``tools/aot.py`` can
 compile exactly the specialisations a block would run for an sm_90 target on a machine without a
 GPU (``ptxas`` ships with Triton).
 """

@@ -19,7 +19,7 @@ both weights by autograd). Exact where the LET output has no other consumer:
 
 Not exact: into the previous block's project conv in training (BN3 with batch statistics sits in
 between), or in front of a residual block. :func:`let_mbconv_forward` applies the rule for an
-MBConv; ``fastscarlet.network.fold_stabilizers`` applies the same rule to exported subnets, whose
+MBConv; ``fastscarlet.nn.network.fold_stabilizers`` applies the same rule to exported subnets, whose
 folded expand convs (``expand_stride > 1``) the MBConv kernels run directly.
 """
 

@@ -64,7 +64,7 @@ unbiased variance and ``momentum`` update the buffers, ``num_batches_tracked += 
 All wrapped as ``torch.library.custom_op`` (``fastscarlet::mbconv_infer``,
 ``fastscarlet::mbconv_train_fwd``, ``fastscarlet::mbconv_train_bwd``) with fake implementations,
 under the autograd function :class:`MBConvTrainFunction`; :func:`mbconv_ref` is the plain-PyTorch
-reference. :func:`mbconv_block_forward` runs a :class:`fastscarlet.blocks.MBConv` module.
+reference. :func:`mbconv_block_forward` runs a :class:`fastscarlet.nn.blocks.MBConv` module.
 """
 
 from __future__ import annotations
@@ -899,7 +899,7 @@ def unsupported_reason(
     hsigmoid/sigmoid gate, fp32/bf16/fp16, BN in training (batch statistics) or eval mode.
     Not covered: eval-mode BN while gradients are needed (e.g. fine-tuning with frozen BN: the
     inference kernel has no backward), BN without running statistics or affine parameters, and
-    anything that is not the ``fastscarlet.blocks`` structure.
+    anything that is not the ``fastscarlet.nn.blocks`` structure.
     """
     if x.dim() != 4 or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return "input must be a 4-D fp32/bf16/fp16 tensor"

@@ -7,6 +7,8 @@ export PATH="$PWD/.venv/bin:$PATH"
 echo "[test] ruff"
 ruff check .
 ruff format --check .
+echo "[test] import layers (import-linter; contracts in pyproject.toml)"
+lint-imports
 echo "[test] the compiled extension must have built"
 python -c "import fastscarlet._C as C; print('fastscarlet._C', C.__version__)"
 echo "[test] unit tests"

@@ -9,7 +9,7 @@ import tiny  # noqa: F401  (registers the tiny space)
 import torch
 
 from fastscarlet.config import config_from_dict
-from fastscarlet.trainer import SupernetTrainer
+from fastscarlet.train.trainer import SupernetTrainer
 
 
 def main() -> None:

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastscarlet.arch import (
+from fastscarlet.space import get_space
+from fastscarlet.space.genome import (
     from_arch_def,
     from_readable,
     random_genome,
@@ -17,8 +18,7 @@ from fastscarlet.arch import (
     to_timm_arch_def,
     validate_genome,
 )
-from fastscarlet.models import PUBLISHED
-from fastscarlet.space import get_space
+from fastscarlet.space.published import PUBLISHED
 
 SPACES = ["scarlet", "fairnas", "fairnas_se", "moga"]
 

@@ -6,8 +6,8 @@ import sys
 
 from fastscarlet.cli import main
 from fastscarlet.cost import CostModel
-from fastscarlet.models import PUBLISHED
 from fastscarlet.space import get_space
+from fastscarlet.space.published import PUBLISHED
 
 
 def test_models_json(capsys):

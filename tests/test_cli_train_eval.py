@@ -14,13 +14,13 @@ import yaml
 from tiny import make_image_folder, tiny_config_dict
 from torch import nn
 
-from fastscarlet.checkpoint import load_checkpoint
 from fastscarlet.cli import main
 from fastscarlet.config import config_from_dict
 from fastscarlet.data import build_loader
 from fastscarlet.evaluate import evaluate, evaluate_paths, recalibrate_bn
-from fastscarlet.supernet import SuperNet
-from fastscarlet.trainer import build_space
+from fastscarlet.nn.supernet import SuperNet
+from fastscarlet.space import build_space
+from fastscarlet.train.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def _reference_path_accuracy(ck: dict, genome: list[int], root: Path, calib_batc
     """A hand-written BN recalibration (per-batch statistics averaged over the batches) and a plain
     argmax loop: an implementation independent of fastscarlet.evaluate."""
     cfg = config_from_dict(ck["config"])
-    model = SuperNet(build_space(cfg))
+    model = SuperNet(build_space(cfg.space))
     model.load_state_dict(ck["model"])
     sub = model.subnet(genome, identity="let")
     dc = cfg.data
@@ -165,7 +165,7 @@ def test_evaluate_top1_top5_and_loss_against_numpy():
 
 def test_evaluate_paths_leaves_the_supernet_untouched(data_root):
     cfg = config_from_dict(tiny_config_dict(data_root, "unused"))
-    net = SuperNet(build_space(cfg))
+    net = SuperNet(build_space(cfg.space))
     before = {k: v.clone() for k, v in net.state_dict().items()}
     common = dict(image_size=16, num_workers=0, recipe="cifar")
     calib = build_loader(data_root, "train", "torch", batch_size=6, augment=False, **common)

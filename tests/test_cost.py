@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from fastscarlet.arch import random_genome
 from fastscarlet.cost import CostModel, count_by_hooks, count_cost
-from fastscarlet.network import build_network
+from fastscarlet.nn.network import build_network
 from fastscarlet.space import FirstBlock, Head, Stage, Stem, get_space, make_space, mbconv_choices
+from fastscarlet.space.genome import random_genome
 
 CASES = [
     ("scarlet", {}, "identity"),

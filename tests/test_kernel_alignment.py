@@ -30,9 +30,8 @@ def test_aot_specialises_ints_as_triton_does_at_launch() -> None:
     libtriton = pytest.importorskip("triton._C.libtriton")
     if not hasattr(libtriton, "native_specialize_impl"):
         pytest.skip("this Triton has no native_specialize_impl")
+    from aot import _int_spec
     from triton.backends.nvidia.compiler import CUDABackend
-
-    from fastscarlet.kernels.aot import _int_spec
 
     for value in (1, 2, 3, 8, 16, 40, 48, 120, 192, 2**31 - 16, 2**31, 2**33 + 16, 2**33 + 8):
         kind, spec = libtriton.native_specialize_impl(CUDABackend, value, False, True, True)
@@ -40,7 +39,7 @@ def test_aot_specialises_ints_as_triton_does_at_launch() -> None:
 
 
 def test_memory_widths_counts_vector_scalar_and_async_accesses() -> None:
-    from fastscarlet.kernels.aot import memory_widths
+    from aot import memory_widths
 
     ptx = """
     @%p1 ld.global.v4.b32 { %r1, %r2, %r3, %r4 }, [ %rd1 + 0 ];
@@ -57,7 +56,7 @@ def test_memory_widths_counts_vector_scalar_and_async_accesses() -> None:
 
 
 def test_sass_loops_finds_each_backward_branch_and_its_body() -> None:
-    from fastscarlet.kernels.aot import sass_loops
+    from aot import sass_loops
 
     sass = """
         /*0000*/                   MOV R1, c[0x0][0x28] ;                 /* 0x0 */
@@ -82,7 +81,8 @@ def test_dw_fwd_cost_counts_loop_trips_programs_and_warps() -> None:
     """Layer 4's tile forward as RESULTS.md derives it by hand: a kernel-row loop of 467
     instructions (112 FFMA) run 7 times inside an image loop of 755 (128 FFMA); 16 tiles of 8x8
     pixels and 4 blocks of 32 channels cover 28 x 28 x 120 outputs with 4 warps each."""
-    from fastscarlet.kernels.aot import SassLoop, dw_fwd_cost
+    from aot import SassLoop, dw_fwd_cost
+
     from fastscarlet.kernels.launch import Launch
 
     inner = SassLoop(0x100, 0x200, {"FFMA": 112, "LDG": 28, "IMAD": 327})
@@ -104,7 +104,7 @@ def test_a_40_and_120_channel_block_compiles_to_vector_loads(
     and inference, with both depthwise forward kernels: no kernel may load one 16-bit element
     per instruction, or spill. Without the hints (``assume_multiple`` a no-op) 15 of its 20
     kernels had 16-bit loads, the depthwise forward 112 of them."""
-    from fastscarlet.kernels.aot import compile_launch, record_block, unique
+    from aot import compile_launch, record_block, unique
 
     launches = []
     for mode in ("tile", "sweep"):

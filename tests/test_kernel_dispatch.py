@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from fastscarlet.blocks import LinearStabilizer, MBConv, init_weights
 from fastscarlet.kernels import dispatch
 from fastscarlet.kernels.dispatch import ENV_VAR, current_mode, kernel_mode, use_kernels
 from fastscarlet.kernels.testing import randomize_bn
+from fastscarlet.nn import LinearStabilizer, MBConv, init_weights
 from fastscarlet.space import SEConfig
 
 
@@ -79,12 +79,29 @@ def test_triton_mode_needs_interpreter_on_cpu(triton_state) -> None:
             use_kernels(cpu)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_auto_uses_kernels_on_cuda_when_triton_works(triton_state) -> None:
+def test_auto_runs_the_reference_on_cuda_until_the_kernels_are_verified() -> None:
+    """The safe default: auto takes the kernels on CUDA only once they are verified at this
+    commit; triton opts in. The rule is a pure function, checked here without a GPU."""
+    decide = dispatch.decide
+    assert dispatch.KERNELS_VERIFIED is False  # flipped only with GPU figures in RESULTS.md
+    run, why = decide("auto", on_cuda=True, usable=True, interpret=False)
+    assert not run and "not yet verified" in why and "triton opts in" in why
+    assert decide("auto", True, True, False, verified=True)[0]
+    assert not decide("auto", True, False, False, "no driver", verified=True)[0]
+    assert "no driver" in decide("auto", True, False, False, "no driver", verified=True)[1]
+    assert not decide("auto", False, True, True, verified=True)[0]  # CPU tensors
+    assert decide("triton", True, True, False)[0]  # opt in on CUDA, verified or not
+    assert not decide("reference", True, True, False, verified=True)[0]
+    with pytest.raises(RuntimeError, match="cannot run: gone"):
+        decide("triton", True, False, False, "gone")
+
+
+def test_info_says_what_cuda_runs_and_why(monkeypatch, triton_state) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
     triton_state(usable=True, interpret=False)
-    assert use_kernels(torch.zeros(1, device="cuda"))
-    triton_state(usable=False, interpret=False)
-    assert not use_kernels(torch.zeros(1, device="cuda"))
+    assert dispatch.explain("cuda").startswith("PyTorch reference (auto: the kernels")
+    monkeypatch.setenv(ENV_VAR, "triton")
+    assert dispatch.explain("cuda") == f"Triton kernels ({ENV_VAR}=triton on CUDA)"
 
 
 def test_decision_is_traceable_by_torch_compile(monkeypatch) -> None:
@@ -126,12 +143,12 @@ def test_cpu_modules_are_bit_identical_to_the_reference(monkeypatch, training: b
 
 
 def test_blocks_import_without_triton() -> None:
-    """fastscarlet.blocks (and the supernet) import and run on CPU when Triton is missing."""
+    """fastscarlet.nn.blocks (and the supernet) import and run on CPU when Triton is missing."""
     code = (
         "import sys; sys.modules['triton'] = None\n"
         "import torch\n"
-        "from fastscarlet.supernet import SuperNet\n"
-        "from fastscarlet.blocks import MBConv\n"
+        "from fastscarlet.nn.supernet import SuperNet\n"
+        "from fastscarlet.nn.blocks import MBConv\n"
         "m = MBConv(8, 8, 3, 3, 1, 'relu')\n"
         "print(tuple(m(torch.randn(1, 8, 5, 5)).shape))\n"
     )

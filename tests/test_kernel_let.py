@@ -10,10 +10,10 @@ import torch
 from functorch.compile import make_boxed_func
 from torch._dynamo.backends.common import aot_autograd
 
-from fastscarlet.blocks import LinearStabilizer, MBConv, init_weights
 from fastscarlet.env import triton_interpret
 from fastscarlet.kernels.dispatch import kernel_mode
 from fastscarlet.kernels.testing import assert_within_budget, randomize_bn
+from fastscarlet.nn import LinearStabilizer, MBConv, init_weights
 from fastscarlet.space import SEConfig
 
 needs_interpreter = pytest.mark.skipif(not triton_interpret(), reason="needs TRITON_INTERPRET=1")
@@ -234,8 +234,8 @@ def test_supernet_path_with_let_runs_fused_on_kernels(monkeypatch: pytest.Monkey
     """SuperNet.forward_features hands a run of LETs to the next MBConv on the kernel path: the
     output and every gradient equal the reference path (a LET before a non-residual block is
     folded into its expand conv; one before a residual block runs as a composed launch)."""
+    from fastscarlet.nn.supernet import SuperNet
     from fastscarlet.space import FirstBlock, Head, Stage, Stem, make_space, mbconv_choices
-    from fastscarlet.supernet import SuperNet
 
     space = make_space(
         "let_fusion",

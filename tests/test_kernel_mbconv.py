@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from fastscarlet.blocks import MBConv, init_weights
 from fastscarlet.env import triton_interpret
 from fastscarlet.kernels.dispatch import kernel_mode
 from fastscarlet.kernels.testing import (
@@ -23,6 +22,7 @@ from fastscarlet.kernels.testing import (
     randomize_bn,
     run_module,
 )
+from fastscarlet.nn.blocks import MBConv, init_weights
 from fastscarlet.space import SEConfig
 
 needs_interpreter = pytest.mark.skipif(not triton_interpret(), reason="needs TRITON_INTERPRET=1")
@@ -212,8 +212,8 @@ def test_modules_use_kernels_when_forced() -> None:
     """With FASTSCARLET_KERNELS=triton semantics, MBConv.forward (and forward_with_se with an
     external SE, as the shared-SE supernet calls it) run the kernels: same numbers as the direct
     entry point, and the autograd node is the kernel's."""
+    from fastscarlet.nn.supernet import ChoiceLayer
     from fastscarlet.space import get_space
-    from fastscarlet.supernet import ChoiceLayer
 
     case = Case(8, 8, 3, 3, 1, "hswish", True, 5)
     blk = case.block()
@@ -541,7 +541,7 @@ def test_benchmark_smoke_runs(tmp_path) -> None:
 @pytest.mark.slow
 def test_kernels_compile_for_sm90_without_spills() -> None:
     pytest.importorskip("triton")
-    from fastscarlet.kernels.aot import compile_launch, record_block, unique
+    from aot import compile_launch, record_block, unique
 
     launches = record_block(40, 40, 6, 7, 1, se=True, size=28, training=True)
     launches += record_block(40, 40, 6, 5, 1, se=False, size=28, training=False)

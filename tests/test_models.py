@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from fastscarlet.cost import CostModel, count_by_hooks
-from fastscarlet.models import PUBLISHED, create_model, get_published, model_space
+from fastscarlet.nn import create_model
 from fastscarlet.space import fairnas_se_space
+from fastscarlet.space.published import PUBLISHED, get_published, model_space
 
 NINE = [f"{f}_{v}" for f in ("scarlet", "fairnas", "moga") for v in "abc"]
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import tiny  # registers the tiny space
 
-from fastscarlet.arch import validate_genome
-from fastscarlet.network import build_network
-from fastscarlet.samplers import (
+from fastscarlet.nn.network import build_network
+from fastscarlet.space import get_space
+from fastscarlet.space.genome import validate_genome
+from fastscarlet.train.samplers import (
     PathSampler,
     SizeProportionalSampler,
     StrictFairSampler,
@@ -17,7 +18,6 @@ from fastscarlet.samplers import (
     make_sampler,
     register_sampler,
 )
-from fastscarlet.space import get_space
 
 
 def test_strict_fairness_scarlet():

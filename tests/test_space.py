@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastscarlet.arch import random_genome
+from fastscarlet.nn.supernet import SuperNet
 from fastscarlet.space import (
     Choice,
     FirstBlock,
@@ -17,7 +17,7 @@ from fastscarlet.space import (
     make_space,
     mbconv_choices,
 )
-from fastscarlet.supernet import SuperNet
+from fastscarlet.space.genome import random_genome
 
 # papers.md 1.2: (out channels, stride) of the 19 positions
 SCARLET_SHAPES = [(32, 2), (32, 1)] + [(40, 2)] + [(40, 1)] * 3 + [(80, 2)] + [(80, 1)] * 3

@@ -7,11 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from fastscarlet.arch import random_genome
-from fastscarlet.blocks import LinearStabilizer, MBConv, fold_into_1x1
-from fastscarlet.network import build_network, fold_stabilizers
+from fastscarlet.nn import LinearStabilizer, MBConv, build_network, fold_into_1x1, fold_stabilizers
+from fastscarlet.nn.supernet import SuperNet
 from fastscarlet.space import get_space
-from fastscarlet.supernet import SuperNet
+from fastscarlet.space.genome import random_genome
 
 SPACES = ["scarlet", "fairnas", "fairnas_se", "moga"]
 
@@ -266,13 +265,13 @@ def test_zero_init_residual_and_identity_let_start_every_equal_shape_choice_as_t
 
 def test_stem_stride_one_keeps_twice_the_resolution():
     from fastscarlet.config import config_from_dict
-    from fastscarlet.trainer import build_space
+    from fastscarlet.space import build_space
 
     def final_map(stride):
         space = {"name": "scarlet", "num_classes": 10}
         if stride is not None:
             space["stem_stride"] = stride
-        net = SuperNet(build_space(config_from_dict({"space": space}))).eval()
+        net = SuperNet(build_space(config_from_dict({"space": space}).space)).eval()
         feats = []
         net.head.register_forward_hook(lambda m, i, o: feats.append(i[0].shape[-1]))
         net(torch.randn(1, 3, 32, 32), [0] * 19)

@@ -14,12 +14,12 @@ import tiny
 import torch
 from torch import nn
 
-from fastscarlet.checkpoint import save_atomic
 from fastscarlet.config import config_from_dict
 from fastscarlet.data import build_loader
-from fastscarlet.samplers import StrictFairSampler
-from fastscarlet.supernet import SuperNet
-from fastscarlet.trainer import NonFiniteLossError, SupernetTrainer
+from fastscarlet.nn.supernet import SuperNet
+from fastscarlet.train.checkpoint import save_atomic
+from fastscarlet.train.samplers import StrictFairSampler
+from fastscarlet.train.trainer import NonFiniteLossError, SupernetTrainer
 
 HERE = Path(__file__).parent
 

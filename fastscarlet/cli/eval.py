@@ -27,22 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from fastscarlet.arch import random_genome, validate_genome
-    from fastscarlet.checkpoint import load_checkpoint
-    from fastscarlet.config import config_from_dict
     from fastscarlet.data import build_loader
+    from fastscarlet.env import resolve_device
     from fastscarlet.evaluate import evaluate_paths
-    from fastscarlet.supernet import SuperNet
-    from fastscarlet.trainer import build_space, resolve_device
+    from fastscarlet.space import random_genome, validate_genome
+    from fastscarlet.train.checkpoint import load_supernet
 
     device = resolve_device(args.device)
-    ckpt = load_checkpoint(args.checkpoint, map_location=device)
-    if "config" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{args.checkpoint} is not a fastscarlet supernet checkpoint")
-    cfg = config_from_dict(ckpt["config"])
-    space = build_space(cfg)
-    model = SuperNet(space, share_se=cfg.space.share_se).to(device)
-    model.load_state_dict(ckpt["model"])
+    model = load_supernet(args.checkpoint, map_location=device)
+    space, cfg = model.space, model.config
     rng = np.random.default_rng(args.seed)
     genomes = [validate_genome(space, [int(c) for c in g.split(",")]) for g in args.genome]
     if not genomes:

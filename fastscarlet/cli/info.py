@@ -14,11 +14,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastscarlet import nds
+    from fastscarlet import __version__, nds
     from fastscarlet.env import report
-    from fastscarlet.kernels.dispatch import current_mode
+    from fastscarlet.kernels.dispatch import current_mode, explain
 
+    print(f"fastscarlet {__version__}")
     print(report())
     print(f"{'nds backend':<15} {nds.backend()} (FASTSCARLET_NDS_BACKEND)")
     print(f"{'kernel mode':<15} {current_mode()} (FASTSCARLET_KERNELS)")
+    print(f"{'on CUDA runs':<15} {explain('cuda')}")
     return 0

@@ -18,9 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_rows(resolution: int = 224, se_multiply: bool = False) -> list[dict]:
     """One row per published model, counted with hooks on the built model."""
-    from fastscarlet.arch import to_readable
     from fastscarlet.cost import count_by_hooks
-    from fastscarlet.models import PUBLISHED, create_model
+    from fastscarlet.nn import create_model
+    from fastscarlet.space import PUBLISHED, to_readable
 
     rows = []
     for name, pub in PUBLISHED.items():

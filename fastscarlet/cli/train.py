@@ -36,7 +36,7 @@ def resolve_config_path(name: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from fastscarlet.config import load_config
-    from fastscarlet.trainer import SupernetTrainer
+    from fastscarlet.train.trainer import SupernetTrainer
 
     values = {}
     for flag, key in [

@@ -6,7 +6,8 @@ Modules, lowest first:
   classes, order and labels), with a check that skips and reports files no decoder can read;
 - :mod:`~fastscarlet.data.sharding`: which samples a rank reads in an epoch, in which order;
 - :mod:`~fastscarlet.data.transforms`: the ``imagenet`` and ``cifar`` recipes (numbers + PIL code);
-- :mod:`~fastscarlet.data.loader`: :class:`ImageLoader` (the interface) and :func:`build_loader`;
+- :mod:`~fastscarlet.data.base`: :class:`ImageLoader`, the interface the backends implement;
+- :mod:`~fastscarlet.data.loader`: :func:`build_loader`, which picks a backend;
 - :mod:`~fastscarlet.data.torch_backend`, :mod:`~fastscarlet.data.dali_backend`,
   :mod:`~fastscarlet.data.synthetic`: the backends;
 - :mod:`~fastscarlet.data.prepare`: ImageFolder trees from ImageNet val, Fashion-MNIST, CIFAR-10.
@@ -15,6 +16,7 @@ Importing this package never imports DALI; asking for the DALI backend without i
 naming the package to install.
 """
 
+from fastscarlet.data.base import ImageLoader
 from fastscarlet.data.folder import (
     IMG_EXTENSIONS,
     FileList,
@@ -23,7 +25,7 @@ from fastscarlet.data.folder import (
     resolve_split,
     scan_image_folder,
 )
-from fastscarlet.data.loader import BACKENDS, ImageLoader, build_loader
+from fastscarlet.data.loader import BACKENDS, build_loader
 from fastscarlet.data.sharding import epoch_order
 from fastscarlet.data.transforms import (
     CIFAR10_MEAN,

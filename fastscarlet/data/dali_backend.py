@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from fastscarlet.data import dali_ops as plugin
+from fastscarlet.data.base import ImageLoader
 from fastscarlet.data.folder import FileList, check_image
-from fastscarlet.data.loader import ImageLoader
 from fastscarlet.data.transforms import Recipe
 from fastscarlet.env import require
 

@@ -19,11 +19,12 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from fastscarlet.env import dali_plugin_path
+
 
 def library_path() -> Path | None:
     """The built plugin next to this file, or None."""
-    found = sorted(Path(__file__).parent.glob("_dali_ops*.so"))
-    return found[0] if found else None
+    return dali_plugin_path()
 
 
 @functools.cache

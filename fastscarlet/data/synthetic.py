@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from fastscarlet.data.loader import ImageLoader
+from fastscarlet.data.base import ImageLoader
 
 
 class SyntheticLoader(ImageLoader):

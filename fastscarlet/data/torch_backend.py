@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 # Imported here, before the workers fork, so that each worker does not spend ~2 s importing it.
 from torchvision.transforms import functional as _tv_functional  # noqa: F401
 
+from fastscarlet.data.base import ImageLoader
 from fastscarlet.data.buffers import BufferPool
 from fastscarlet.data.folder import FileList
-from fastscarlet.data.loader import ImageLoader
 from fastscarlet.data.transforms import PilTransform, Recipe, normalize_batch, sample_rng
 
 

@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import importlib
 import operator
 import os
 from collections.abc import Sequence
@@ -60,7 +61,7 @@ def _load(requested: str) -> tuple[str, ModuleType]:
     probe = probe_cpp()
     reason = probe.reason
     if probe.available:
-        from fastscarlet import _C
+        _C = importlib.import_module("fastscarlet._C")  # probe_cpp has just imported it
 
         if hasattr(_C, "nds"):
             return "cpp", _C.nds

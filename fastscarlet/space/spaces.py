@@ -7,7 +7,7 @@ A :class:`SearchSpace` is a frozen description of a network family::
         -> head (1x1 conv, BN, act [, pool, 1x1 conv, act], pool, classifier)
 
 Every layer has an allowed subset of the space's choice list; a layer with one allowed choice is
-fixed. A genome is one choice index per layer (see :mod:`fastscarlet.arch`). Built-in spaces
+fixed. A genome is one choice index per layer (see :mod:`fastscarlet.space.genome`). Built-in spaces
 (``papers.md`` section 1):
 
 * ``scarlet``: 19 layers, 13 choices (expansion 3/6 x kernel 3/5/7 x SE off/on, plus identity). The
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 ACTIVATIONS = ("relu", "relu6", "hswish", "swish")
 SE_GATES = ("hsigmoid", "sigmoid")
@@ -271,8 +271,6 @@ class SearchSpace:
 
     def with_classes(self, num_classes: int) -> SearchSpace:
         """The same space with another classifier width (for transfer to a new dataset)."""
-        from dataclasses import replace
-
         return replace(self, num_classes=num_classes)
 
 
@@ -466,3 +464,27 @@ def get_space(name: str | SearchSpace, **kwargs) -> SearchSpace:
     except (KeyError, TypeError):
         raise ValueError(f"unknown search space {name!r}; known: {list_spaces()}") from None
     return factory(**kwargs)
+
+
+def build_space(cfg: object) -> SearchSpace:
+    """The space a run's ``space:`` config section describes.
+
+    ``cfg`` is a :class:`fastscarlet.config.SpaceConfig` (or any object with its attributes
+    ``name``, ``identity``, ``num_classes`` and ``stem_stride``): a registered space with that
+    classifier width, the scarlet space's identity rule, and an optional stem stride (1 keeps
+    small images such as CIFAR's 32x32 at twice the resolution).
+    """
+    name = cfg.name  # type: ignore[attr-defined]
+    identity = cfg.identity  # type: ignore[attr-defined]
+    stem_stride = cfg.stem_stride  # type: ignore[attr-defined]
+    kwargs: dict[str, object] = {"num_classes": cfg.num_classes}  # type: ignore[attr-defined]
+    if name == "scarlet":
+        kwargs["identity"] = identity
+    elif identity != "equal_shape":
+        raise ValueError(f"space.identity applies to the scarlet space only, not {name!r}")
+    space = get_space(name, **kwargs)
+    if stem_stride is not None:
+        if stem_stride not in (1, 2):
+            raise ValueError(f"space.stem_stride must be 1 or 2, got {stem_stride}")
+        space = replace(space, stem=replace(space.stem, stride=stem_stride))
+    return space

@@ -23,8 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastscarlet.arch import validate_genome
-from fastscarlet.space import SearchSpace
+from fastscarlet.space import SearchSpace, validate_genome
 
 
 def conv_out(size: int, kernel: int, stride: int) -> int:
@@ -164,9 +163,9 @@ def count_by_hooks(
     """Count MAdds with forward hooks on a built model (batch of one, eval mode).
 
     An independent implementation of the convention: hooks on every ``nn.Conv2d`` and ``nn.Linear``
-    (and on :class:`~fastscarlet.blocks.SqueezeExcite` for the optional channel multiply).
+    (and on :class:`~fastscarlet.nn.blocks.SqueezeExcite` for the optional channel multiply).
     """
-    from fastscarlet.blocks import SqueezeExcite
+    from fastscarlet.nn.blocks import SqueezeExcite
 
     h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
     total = 0

@@ -25,7 +25,6 @@ restored, so on CPU 2 steps + resume + 2 steps equals 4 steps bit for bit.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import signal
 import time
@@ -36,22 +35,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastscarlet.checkpoint import capture_rng, load_checkpoint, restore_rng, save_atomic
 from fastscarlet.config import Config, dump_config
-from fastscarlet.distributed import (
+from fastscarlet.env import resolve_device
+from fastscarlet.nn.supernet import SuperNet
+from fastscarlet.space import build_space
+from fastscarlet.train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    capture_rng,
+    check_format,
+    load_checkpoint,
+    load_state_checked,
+    restore_rng,
+    save_atomic,
+)
+from fastscarlet.train.distributed import (
     GradientSync,
     all_ranks_flag,
     barrier,
     broadcast_parameters,
     init_distributed,
 )
-from fastscarlet.monitor import Monitor
-from fastscarlet.optim import WarmupCosineLR, build_sgd
-from fastscarlet.samplers import make_sampler
-from fastscarlet.space import SearchSpace, get_space
-from fastscarlet.supernet import SuperNet
+from fastscarlet.train.monitor import Monitor
+from fastscarlet.train.optim import WarmupCosineLR, build_sgd
+from fastscarlet.train.samplers import make_sampler
 
-CHECKPOINT_FORMAT = "fastscarlet.supernet/1"
 REFERENCE_BATCH = 128  # optim.lr is given for this global batch per path (linear scaling)
 
 # Config keys that must agree between a checkpoint and the run resuming it.
@@ -70,32 +77,6 @@ RESUME_KEYS = (
 
 class NonFiniteLossError(RuntimeError):
     """Raised when a path's loss is NaN or inf; the last good checkpoint is left untouched."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available")
-    return torch.device(name)
-
-
-def build_space(cfg: Config) -> SearchSpace:
-    kwargs: dict[str, Any] = {"num_classes": cfg.space.num_classes}
-    if cfg.space.name == "scarlet":
-        kwargs["identity"] = cfg.space.identity
-    elif cfg.space.identity != "equal_shape":
-        raise ValueError(
-            f"space.identity applies to the scarlet space only, not {cfg.space.name!r}"
-        )
-    space = get_space(cfg.space.name, **kwargs)
-    if cfg.space.stem_stride is not None:
-        if cfg.space.stem_stride not in (1, 2):
-            raise ValueError(f"space.stem_stride must be 1 or 2, got {cfg.space.stem_stride}")
-        space = dataclasses.replace(
-            space, stem=dataclasses.replace(space.stem, stride=cfg.space.stem_stride)
-        )
-    return space
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -120,7 +101,7 @@ def config_differences(saved: dict, current: dict, keys=RESUME_KEYS) -> list[str
 
 
 class SupernetTrainer:
-    """Train a :class:`~fastscarlet.supernet.SuperNet` as ``cfg`` says; ``fit()`` runs to the end."""
+    """Train a :class:`~fastscarlet.nn.supernet.SuperNet` as ``cfg`` says; ``fit()`` runs to the end."""
 
     def __init__(self, cfg: Config, resume: bool = False) -> None:
         self.cfg = cfg
@@ -139,7 +120,7 @@ class SupernetTrainer:
 
         # Same seed on every rank: same initial weights, same paths each step.
         torch.manual_seed(tc.seed)
-        self.space = build_space(cfg)
+        self.space = build_space(cfg.space)
         self.model = SuperNet(
             self.space,
             share_se=cfg.space.share_se,
@@ -253,8 +234,7 @@ class SupernetTrainer:
     def _resume(self) -> None:
         path = self.out / "last.pt"
         ckpt = load_checkpoint(path, map_location=self.device)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a fastscarlet supernet checkpoint")
+        check_format(ckpt, path)
         diffs = config_differences(ckpt["config"], self.cfg.to_dict())
         if ckpt.get("world_size") != self.dist.world_size:
             diffs.append(
@@ -262,7 +242,7 @@ class SupernetTrainer:
             )
         if diffs:
             raise ValueError(f"cannot resume from {path}: " + "; ".join(diffs))
-        self.model.load_state_dict(ckpt["model"])
+        load_state_checked(self.model, ckpt["model"], path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])

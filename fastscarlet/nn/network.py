@@ -1,7 +1,7 @@
 """A standalone network of a search space: one fixed architecture, an ordinary ``nn.Module``.
 
 ``build_network(space, genome)`` builds a freshly initialised model (the published models are built
-this way); :meth:`fastscarlet.supernet.SuperNet.subnet` builds one that keeps the supernet's weights.
+this way); :meth:`fastscarlet.nn.supernet.SuperNet.subnet` builds one that keeps the supernet's weights.
 
 Identity layers can be exported three ways (``identity=``):
 
@@ -14,23 +14,21 @@ Identity layers can be exported three ways (``identity=``):
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from fastscarlet.arch import Genome, to_readable, validate_genome
-from fastscarlet.blocks import (
-    ClassifierHead,
-    LinearStabilizer,
-    MBConv,
-    SeparableConv,
-    StemConv,
-    fold_into_1x1,
-    init_weights,
+from fastscarlet.nn.blocks import ClassifierHead, MBConv, SeparableConv, StemConv, init_weights
+from fastscarlet.nn.stabilizer import LinearStabilizer, fold_stabilizers
+from fastscarlet.space import (
+    Genome,
+    SearchSpace,
+    get_published,
+    model_space,
+    to_readable,
+    validate_genome,
 )
-from fastscarlet.space import SearchSpace
 
 IDENTITY_MODES = ("identity", "let", "fold")
 
@@ -130,56 +128,11 @@ def build_network(space: SearchSpace, genome: Sequence[int], identity: str = "id
     return fold_stabilizers(net) if identity == "fold" else net
 
 
-def _folded_conv(conv: nn.Conv2d, let_w: torch.Tensor, let_s: int) -> nn.Conv2d:
-    w, s = fold_into_1x1(conv.weight.detach(), conv.stride[0], let_w, let_s)
-    new = nn.Conv2d(w.shape[1], w.shape[0], 1, s, 0, bias=False)
-    new = new.to(device=conv.weight.device, dtype=conv.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(w)
-    return new
+def create_model(name: str, num_classes: int = 1000) -> Network:
+    """A freshly initialised published model (plain identity layers, as the papers retrain).
 
-
-def fold_stabilizers(net: Network) -> Network:
-    """Fold LET stabilizers into the next 1x1 conv where that is exact; return a new network.
-
-    A run of consecutive LETs composes into one linear map ``W = W_k ... W_1`` (stride the product).
-    It is folded into the next MBConv's expand conv when that block has **no residual add**, or into
-    the head's 1x1 conv. If the next MBConv has a residual add (stride 1, c_in == c_out), folding is
-    not exact: the skip path would carry ``x`` instead of ``W x``. There the composed LET is kept as
-    one 1x1 conv. Folded positions become ``nn.Identity``.
+    ``name`` is one of :func:`fastscarlet.space.published.list_models` (``scarlet_a``, ...).
     """
-    net = copy.deepcopy(net)
-    blocks = list(net.blocks)
-    run: list[int] = []  # indices of the pending LETs
-    w_acc: torch.Tensor | None = None
-    s_acc = 1
-
-    def flush_keep() -> None:
-        # Keep the composed run as one LET at its first position.
-        assert w_acc is not None
-        let = LinearStabilizer(w_acc.shape[1], w_acc.shape[0], s_acc)
-        let = let.to(device=w_acc.device, dtype=w_acc.dtype)
-        with torch.no_grad():
-            let.conv.weight.copy_(w_acc)
-        blocks[run[0]] = let
-
-    for i, blk in enumerate(blocks):
-        if isinstance(blk, LinearStabilizer):
-            w = blk.weight.detach()
-            if w_acc is None:
-                w_acc, s_acc = w.clone(), blk.stride
-            else:
-                w_acc, s_acc = fold_into_1x1(w, blk.stride, w_acc, s_acc)
-            run.append(i)
-            blocks[i] = nn.Identity()
-        elif isinstance(blk, MBConv) and w_acc is not None:
-            if blk.residual:
-                flush_keep()
-            else:
-                blk.expand = _folded_conv(blk.expand, w_acc, s_acc)
-                blk.in_channels = blk.expand.in_channels
-            run, w_acc, s_acc = [], None, 1
-    if w_acc is not None:  # LETs up to the last layer: fold into the head's 1x1 conv
-        net.head.conv = _folded_conv(net.head.conv, w_acc, s_acc)
-    net.blocks = nn.Sequential(*blocks)
-    return net
+    m = get_published(name)
+    space = model_space(name, num_classes)
+    return build_network(space, validate_genome(space, m.genome), identity="identity")

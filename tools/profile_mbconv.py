@@ -1,7 +1,7 @@
 """Where the time of one MBConv block goes: per-kernel GPU times, ours vs the eager reference.
 
-    python benchmarks/profile_mbconv.py --layers 2,4,16      # GPU
-    python benchmarks/profile_mbconv.py --layers 5 --json p.json
+    python tools/profile_mbconv.py --layers 2,4,16      # GPU
+    python tools/profile_mbconv.py --layers 5 --json p.json
 
 Builds each Scarlet-A layer exactly as ``bench_mbconv.py`` does (batch 256, 224 input, bf16
 inference / fp32 parameters under bf16 autocast for training, channels_last), runs ``--iters``
@@ -16,10 +16,12 @@ import argparse
 import copy
 import json
 import sys
+from pathlib import Path
 
 import torch
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
+# The benchmark module (benchmarks/bench_mbconv.py) defines the layers and kernel variants.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_mbconv import kernel_variants, parse_layers, scarlet_a_layers
 
 
@@ -55,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         ap.error("needs a CUDA device")
-    from fastscarlet.blocks import MBConv, init_weights
     from fastscarlet.kernels.dispatch import kernel_mode
     from fastscarlet.kernels.testing import randomize_bn
+    from fastscarlet.nn.blocks import MBConv, init_weights
     from fastscarlet.space import SEConfig
 
     torch.backends.cudnn.benchmark = True

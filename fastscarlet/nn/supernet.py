@@ -1,9 +1,9 @@
 """The weight-sharing supernet: every path is exactly a network of the space.
 
 ``SuperNet(space)(x, genome)`` runs the single path ``genome``; :meth:`SuperNet.subnet` extracts it as
-a standalone :class:`~fastscarlet.network.Network` that keeps (copies of) the supernet's weights and
+a standalone :class:`~fastscarlet.nn.network.Network` that keeps (copies of) the supernet's weights and
 computes the same function. Identity choices carry the SCARLET LET stabilizer
-(:class:`~fastscarlet.blocks.LinearStabilizer`).
+(:class:`~fastscarlet.nn.stabilizer.LinearStabilizer`).
 
 **SE weight sharing** (``share_se=``). Whether an SE choice shares its convolutions with the matching
 non-SE choice is not known from the papers (papers.md section 1.2). The default is separate
@@ -23,20 +23,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastscarlet.arch import Genome, random_genome, validate_genome
-from fastscarlet.blocks import LinearStabilizer, MBConv, init_weights, make_se
-from fastscarlet.kernels.dispatch import use_kernels
-from fastscarlet.network import (
+from fastscarlet.kernels.dispatch import run_blocks
+from fastscarlet.nn.blocks import MBConv, init_weights, make_se
+from fastscarlet.nn.network import (
     IDENTITY_MODES,
     Network,
     build_block,
     build_first_block,
     build_head,
     build_stem,
-    fold_stabilizers,
     plain_identity,
 )
-from fastscarlet.space import Choice, SearchSpace, get_space
+from fastscarlet.nn.stabilizer import LinearStabilizer, fold_stabilizers
+from fastscarlet.space import Choice, Genome, SearchSpace, get_space, random_genome, validate_genome
 
 
 class ChoiceLayer(nn.Module):
@@ -66,9 +65,7 @@ class ChoiceLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, choice: int) -> torch.Tensor:
         block, se = self.block_of(choice)
-        if isinstance(block, MBConv):
-            return block.forward_with_se(x, se)
-        return block(x)
+        return block.forward_with_se(x, se)
 
     def block_of(self, choice: int) -> tuple[nn.Module, nn.Module | None]:
         """The module that runs ``choice`` and the SE module it applies (None: no SE)."""
@@ -166,31 +163,9 @@ class SuperNet(nn.Module):
     ) -> torch.Tensor:
         g = self._resolve(genome)
         x = self.first_block(self.stem(x))
-        if not use_kernels(x):
-            for layer, c in zip(self.layers, g):
-                x = layer(x, c)
-            return x
-        # Triton path: a run of LET stabilizers is handed to the next MBConv, which folds it into
-        # its expand conv where that is exact (no residual) or runs it as one composed launch.
-        from fastscarlet.kernels.let import let_mbconv_forward
-        from fastscarlet.kernels.mbconv import mbconv_supported
-
-        lets: list[nn.Module] = []
-        for layer, c in zip(self.layers, g):
-            block, se = layer.block_of(c)
-            if isinstance(block, LinearStabilizer):
-                lets.append(block)
-                continue
-            if lets and mbconv_supported(block, se, x, lets=lets):
-                x = let_mbconv_forward(lets, block, x, se)
-            else:
-                for let in lets:
-                    x = let(x)
-                x = block.forward_with_se(x, se)
-            lets = []
-        for let in lets:
-            x = let(x)
-        return x
+        # The kernels' dispatch decides how the path's blocks run: one by one (the reference), or
+        # on the Triton path with runs of LET stabilizers fused into the next MBConv.
+        return run_blocks(x, [layer.block_of(c) for layer, c in zip(self.layers, g)])
 
     def forward(self, x: torch.Tensor, genome: Sequence[int] | None = None) -> torch.Tensor:
         return self.head(self.forward_features(x, genome))

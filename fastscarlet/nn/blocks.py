@@ -3,12 +3,11 @@
 * :class:`MBConv`: 1x1 expand + BN + act, kxk depthwise + BN + act, optional SE, 1x1 project + BN,
   residual add iff stride 1 and c_in == c_out. ``hidden = round(c_in * expansion)``.
 * :class:`SqueezeExcite`: global pool, 1x1 conv (bias) + act, 1x1 conv (bias) + gate, multiply.
-* :class:`LinearStabilizer`: the SCARLET LET/ELS, a 1x1 conv without bias, BN or activation that
-  stands in for an identity choice during supernet training.
 * :class:`StemConv`, :class:`SeparableConv` (the fixed first block) and :class:`ClassifierHead`.
 
-The Triton kernels (``fastscarlet.kernels``) implement the same functions; these modules are the
-reference and the CPU path.
+The SCARLET LET stabilizer is in :mod:`fastscarlet.nn.stabilizer`. The Triton kernels
+(``fastscarlet.kernels``) implement the same functions; these modules are the reference and the
+CPU path.
 """
 
 from __future__ import annotations
@@ -123,38 +122,6 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-class LinearStabilizer(nn.Module):
-    """SCARLET's LET / ELS: ``y = W x`` as a 1x1 conv (stride ``s``), no bias, BN or activation.
-
-    Replaces the identity choice in the supernet. At layers where stride is 1 and c_in == c_out it
-    is C x C; where identity is allowed everywhere it is a strided or channel-changing 1x1 conv.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
-        super().__init__()
-        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
-        self.conv = nn.Conv2d(in_channels, out_channels, 1, stride, 0, bias=False)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.conv.weight
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_kernels(x):  # the Triton GEMM (fastscarlet.kernels.let); else the reference
-            from fastscarlet.kernels.let import let_forward, let_supported
-
-            if let_supported(self, x):
-                return let_forward(self, x)
-        return self.conv(x)
-
-    def reset_to_identity(self) -> None:
-        """W = I (zero-padded where channels change): the stabilizer starts as the identity."""
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            n = min(self.in_channels, self.out_channels)
-            self.conv.weight[torch.arange(n), torch.arange(n), 0, 0] = 1.0
-
-
 class StemConv(nn.Sequential):
     def __init__(
         self, in_channels: int, out_channels: int, act: str, kernel: int = 3, stride: int = 2
@@ -236,24 +203,12 @@ def init_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def fold_into_1x1(weight: torch.Tensor, stride: int, let_weight: torch.Tensor, let_stride: int):
-    """Compose a 1x1 conv after a LET: ``W' = W @ W_L``, stride ``s * s_L``.
-
-    Exact because both are linear 1x1 convs without padding (subsampling commutes with a 1x1 conv
-    and ``ceil(ceil(H/a)/b) = ceil(H/(ab))``). Returns ``(weight', stride')``.
-    """
-    w = torch.einsum("oc,ci->oi", weight[:, :, 0, 0], let_weight[:, :, 0, 0])
-    return w[:, :, None, None].contiguous(), stride * let_stride
-
-
 __all__ = [
     "ClassifierHead",
-    "LinearStabilizer",
     "MBConv",
     "SeparableConv",
     "SqueezeExcite",
     "StemConv",
-    "fold_into_1x1",
     "init_weights",
     "make_activation",
     "make_gate",

@@ -7,10 +7,10 @@ PTX assembled by the ``ptxas`` that ships with Triton, which reports registers a
 catches what the CPU interpreter cannot: ``tl.dot`` shape/dtype rules, layout conversions, and
 register pressure of the tile sizes chosen for the GPU.
 
-    python -m fastscarlet.kernels.aot              # the 19 Scarlet-A layers, train + inference
-    python -m fastscarlet.kernels.aot --quick      # one representative block
-    python -m fastscarlet.kernels.aot --layers 2 --sass _dw_   # + the loops of the depthwise SASS
-    python -m fastscarlet.kernels.aot --dw-fwd     # the two depthwise forward kernels, per output
+    python tools/aot.py              # the 19 Scarlet-A layers, train + inference
+    python tools/aot.py --quick      # one representative block
+    python tools/aot.py --layers 2 --sass _dw_   # + the loops of the depthwise SASS
+    python tools/aot.py --dw-fwd     # the two depthwise forward kernels, per output
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .launch import Launch, record_launches
+from fastscarlet.kernels.launch import Launch, record_launches
 
 _DTYPES = {
     torch.float32: "fp32",
@@ -254,7 +254,7 @@ def record_block(
     expand_stride: int = 1,
 ) -> list[Launch]:
     """The launches of one MBConv call (forward, and backward when ``training``), on meta tensors."""
-    from .mbconv import (
+    from fastscarlet.kernels.mbconv import (
         _mbconv_infer_impl,
         _mbconv_train_bwd_impl,
         _mbconv_train_fwd_impl,
@@ -295,8 +295,8 @@ def record_block(
 
 def scarlet_a_blocks() -> list[dict]:
     """The 19 Scarlet-A layers at 224x224 input: keyword arguments of :func:`record_block`."""
-    from fastscarlet.models import PUBLISHED
     from fastscarlet.space import get_space
+    from fastscarlet.space.published import PUBLISHED
 
     model = PUBLISHED["scarlet_a"]
     space = get_space(model.space)
@@ -333,7 +333,7 @@ def dw_fwd_cost(launch: Launch, loops: list[SassLoop]) -> tuple[float, float]:
 def dw_fwd_table(blocks: list[tuple[int, dict]], arch: int = 90) -> list[str]:
     """Markdown rows: each ``(layer number, block)``'s depthwise forward (inference and
     training) in both ``FASTSCARLET_DW_FWD`` modes, by :func:`dw_fwd_cost`."""
-    from .depthwise import _dw_conv_fwd_kernel, _dw_sweep_fwd_kernel
+    from fastscarlet.kernels.depthwise import _dw_conv_fwd_kernel, _dw_sweep_fwd_kernel
 
     names = (_dw_conv_fwd_kernel.__name__, _dw_sweep_fwd_kernel.__name__)
     rows = [

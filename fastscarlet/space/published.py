@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastscarlet.arch import Genome, validate_genome
-from fastscarlet.network import Network, build_network
-from fastscarlet.space import SearchSpace, get_space
+from fastscarlet.space.genome import Genome
+from fastscarlet.space.spaces import SearchSpace, get_space
 
 
 @dataclass(frozen=True)
@@ -63,10 +62,3 @@ def get_published(name: str) -> PublishedModel:
 
 def model_space(name: str, num_classes: int = 1000) -> SearchSpace:
     return get_space(get_published(name).space, num_classes=num_classes)
-
-
-def create_model(name: str, num_classes: int = 1000) -> Network:
-    """A freshly initialised published model (plain identity layers, as the papers retrain)."""
-    m = get_published(name)
-    space = model_space(name, num_classes)
-    return build_network(space, validate_genome(space, m.genome), identity="identity")

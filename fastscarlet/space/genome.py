@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fastscarlet.space import Choice, SearchSpace
+from fastscarlet.space.spaces import Choice, SearchSpace
 
 Genome = tuple[int, ...]
 

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from fastscarlet.arch import Genome, random_genome, validate_genome
 from fastscarlet.space import SearchSpace
+from fastscarlet.space.genome import Genome, random_genome, validate_genome
 
 
 class PathSampler:
