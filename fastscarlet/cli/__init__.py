@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "prepare": "fastscarlet.cli.prepare",
     "train": "fastscarlet.cli.train",
     "eval": "fastscarlet.cli.eval",
+    "search": "fastscarlet.cli.search",
 }
 
 
