@@ -466,13 +466,55 @@ def get_space(name: str | SearchSpace, **kwargs) -> SearchSpace:
     return factory(**kwargs)
 
 
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """``value`` rounded to a multiple of ``divisor``, never below 90% of it (MobileNet's rule,
+    timm's ``make_divisible``)."""
+    out = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return out + divisor if out < 0.9 * value else out
+
+
+def scale_width(space: SearchSpace, width: float, divisor: int = 8) -> SearchSpace:
+    """The same space with every channel count (stem, first block, layers, head) multiplied by
+    ``width`` and rounded by :func:`make_divisible`: a slimmer family for small machines.
+
+    Choices, allowed sets and strides are kept. A layer whose channels become equal at the new
+    width (e.g. 80 -> 96 at width 0.25: both 24) gets the residual add of an equal-shape MBConv,
+    but identity stays where the full-width space allowed it.
+    """
+    if not width > 0:
+        raise ValueError(f"width must be > 0, got {width!r}")
+    if width == 1.0:
+        return space
+
+    def c(n: int) -> int:
+        return make_divisible(n * width, divisor)
+
+    head = space.head
+    return replace(
+        space,
+        name=space.name,
+        stem=replace(space.stem, out_channels=c(space.stem.out_channels)),
+        first_block=replace(space.first_block, out_channels=c(space.first_block.out_channels)),
+        layers=tuple(
+            replace(layer, in_channels=c(layer.in_channels), out_channels=c(layer.out_channels))
+            for layer in space.layers
+        ),
+        head=replace(
+            head,
+            features=c(head.features),
+            hidden=None if head.hidden is None else c(head.hidden),
+        ),
+    )
+
+
 def build_space(cfg: object) -> SearchSpace:
     """The space a run's ``space:`` config section describes.
 
     ``cfg`` is a :class:`fastscarlet.config.SpaceConfig` (or any object with its attributes
-    ``name``, ``identity``, ``num_classes`` and ``stem_stride``): a registered space with that
-    classifier width, the scarlet space's identity rule, and an optional stem stride (1 keeps
-    small images such as CIFAR's 32x32 at twice the resolution).
+    ``name``, ``identity``, ``num_classes``, ``stem_stride`` and optionally ``width``): a
+    registered space with that classifier width, the scarlet space's identity rule, an optional
+    stem stride (1 keeps small images such as CIFAR's 32x32 at twice the resolution) and an
+    optional width multiplier (:func:`scale_width`).
     """
     name = cfg.name  # type: ignore[attr-defined]
     identity = cfg.identity  # type: ignore[attr-defined]
@@ -487,4 +529,4 @@ def build_space(cfg: object) -> SearchSpace:
         if stem_stride not in (1, 2):
             raise ValueError(f"space.stem_stride must be 1 or 2, got {stem_stride}")
         space = replace(space, stem=replace(space.stem, stride=stem_stride))
-    return space
+    return scale_width(space, float(getattr(cfg, "width", 1.0)))
