@@ -127,7 +127,9 @@ class SupernetTrainer:
             let_init=cfg.space.let_init,
             zero_init_residual=cfg.space.zero_init_residual,
         )
-        self.channels_last = device.type == "cuda" and cfg.data.channels_last
+        # channels_last on the CPU too: oneDNN's depthwise convs ran a width-0.25 SCARLET
+        # strict-fairness step 3.3x faster in it (28x28 inputs, batch 64; benchmarks/RESULTS.md)
+        self.channels_last = cfg.data.channels_last
         self.model.to(device, memory_format=torch.channels_last if self.channels_last else None)
         if self.dist.enabled:
             broadcast_parameters(self.model)
