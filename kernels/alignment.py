@@ -5,7 +5,7 @@ A channels_last row offset ``pixel * C + c`` with ``C = 40`` or ``120`` (Scarlet
 MoGA's and FairNAS's 40-channel stages) is then of unknown alignment, and the compiler emits one
 16-bit load per element: the sm_90 PTX of the depthwise kernel of Scarlet-A's layer 4 (``C = 120``)
 held 112 scalar ``ld.global.b16`` against 10 ``ld.global.v4`` for layer 2 (``C = 192``), for the
-same loop (``python -m fastscarlet.kernels.aot`` reports these counts as ``narrow-ld``).
+same loop (``python tools/aot.py`` reports these counts as ``narrow-ld``).
 
 The host knows more: 40 and 120 are multiples of 8, i.e. 16 bytes of bf16. A kernel takes that as a
 ``tl.constexpr`` (:func:`channel_align`) and rewrites its channel counts with

@@ -22,10 +22,13 @@ the Gram matrix of the conv's input, for the BN after the expand conv), :func:`_
 (tiny), :func:`_bn_bwd_reduce_kernel` (the two backward sums of a tensor that no
 kernel produced in-epilogue: the block output's ``dy``), :func:`_affine_act_kernel` (the block's
 last BN + residual, or the SE pooling of ``act(BN(z))``) and :func:`_bn_bwd_apply_kernel` (``dz``
-of the depthwise output, with the SE pooling term).
+of the depthwise output, with the SE pooling term). On the host, :func:`update_running_stats`
+moves the BN buffers with the finalized statistics.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import triton
@@ -357,6 +360,34 @@ def bn_bwd_apply(
     )  # fmt: skip
 
 
+def update_running_stats(
+    bns: Sequence[torch.nn.BatchNorm2d], stats: Sequence[torch.Tensor]
+) -> None:
+    """Update each BN's buffers from its packed statistics ``[STAT_ROWS, C]`` (the finalize
+    kernels' output) as ``nn.BatchNorm2d`` does in training: ``num_batches_tracked += 1`` and
+    ``running = (1 - m) running + m batch`` (the unbiased variance for ``running_var``) with
+    ``m = momentum``, or ``m = 1 / num_batches_tracked`` after the increment when ``momentum`` is
+    None: the cumulative average over batches that BN recalibration relies on."""
+    with torch.no_grad():
+        momenta = {bn.momentum for bn in bns}
+        dtypes = {bn.running_mean.dtype for bn in bns}
+        if len(momenta) == 1 and None not in momenta and dtypes == {torch.float32}:
+            # the common case: two foreach launches
+            running = [t for bn in bns for t in (bn.running_mean, bn.running_var)]
+            batch = [b[r] for b in stats for r in (MEAN, VAR_UNBIASED)]
+            torch._foreach_lerp_(running, batch, float(momenta.pop()))
+            torch._foreach_add_([bn.num_batches_tracked for bn in bns], 1)
+            return
+        for bn, b in zip(bns, stats):
+            bn.num_batches_tracked.add_(1)
+            for buf, row in ((bn.running_mean, MEAN), (bn.running_var, VAR_UNBIASED)):
+                if bn.momentum is None:  # a tensor weight: no host sync on the count
+                    weight = bn.num_batches_tracked.to(buf.dtype).reciprocal()
+                else:
+                    weight = float(bn.momentum)
+                buf.lerp_(b[row].to(buf.dtype), weight)
+
+
 def batch_norm_ref(
     z: torch.Tensor, bn: torch.nn.BatchNorm2d, training: bool | None = None
 ) -> torch.Tensor:
@@ -382,4 +413,5 @@ __all__ = [
     "bn_eval_affine",
     "bn_gram_finalize",
     "bn_train_finalize",
+    "update_running_stats",
 ]

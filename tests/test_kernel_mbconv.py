@@ -339,7 +339,7 @@ def test_eval_with_gradients_falls_back_to_reference() -> None:
 @pytest.mark.interpreter
 def test_custom_ops_pass_opcheck() -> None:
     """Schema, fake (meta) implementations and strides agree with the real ones."""
-    from fastscarlet.kernels import mbconv as mb
+    from fastscarlet.kernels import mbconv_ops as mb
 
     case = Case(8, 12, 3, 3, 2, "hswish", True, 5)
     blk = case.block()

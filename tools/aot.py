@@ -254,10 +254,10 @@ def record_block(
     expand_stride: int = 1,
 ) -> list[Launch]:
     """The launches of one MBConv call (forward, and backward when ``training``), on meta tensors."""
-    from fastscarlet.kernels.mbconv import (
-        _mbconv_infer_impl,
-        _mbconv_train_bwd_impl,
-        _mbconv_train_fwd_impl,
+    from fastscarlet.kernels.mbconv_host import (
+        mbconv_infer_impl,
+        mbconv_train_bwd_impl,
+        mbconv_train_fwd_impl,
     )
 
     meta = torch.device("meta")
@@ -278,15 +278,15 @@ def record_block(
     cfg = (stride, expand_stride, act, *names, residual)
     with record_launches() as launches:
         if training:
-            y, z2, z3, stats, se_buf = _mbconv_train_fwd_impl(
+            y, z2, z3, stats, se_buf = mbconv_train_fwd_impl(
                 x, w1, v_h, v_h, wdw, v_h, v_h, w3, v_o, v_o, *sew, *cfg, 1e-5, 1e-5, 1e-5
             )
-            _mbconv_train_bwd_impl(
+            mbconv_train_bwd_impl(
                 torch.empty_like(y), x, z2, z3, stats, se_buf, w1, v_h, wdw, v_h, w3, v_o,
                 *sew, *cfg, True,
             )  # fmt: skip
         else:
-            _mbconv_infer_impl(
+            mbconv_infer_impl(
                 x, w1, v_h, v_h, v_h, v_h, wdw, v_h, v_h, v_h, v_h, w3, v_o, v_o, v_o, v_o, *sew,
                 *cfg, 1e-5, 1e-5, 1e-5,
             )  # fmt: skip
