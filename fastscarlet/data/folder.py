@@ -110,7 +110,7 @@ def resolve_split(root: str | os.PathLike, split: str) -> Path:
     """
     base = Path(root)
     if not base.is_dir():
-        raise FileNotFoundError(f"data root {str(base)!r} is not a folder")
+        raise FileNotFoundError(f"data root {_described(base)} is not a folder")
     candidates = {"val": ("val", "test"), "test": ("test", "val")}.get(split, (split,))
     for name in candidates:
         if (base / name).is_dir():
@@ -120,6 +120,14 @@ def resolve_split(root: str | os.PathLike, split: str) -> Path:
         f"no folder for split {split!r} under {str(base)!r} (looked for "
         f"{', '.join(repr(c + '/') for c in candidates)}; found {have or 'no sub-folders'})"
     )
+
+
+def _described(path: str | os.PathLike) -> str:
+    """``'path'``, and for a relative path the absolute one it was taken as."""
+    text = os.fspath(path)
+    if os.path.isabs(text):
+        return repr(text)
+    return f"{text!r} (a relative path, taken from the current folder: {os.path.abspath(text)})"
 
 
 def find_classes(directory: str | os.PathLike) -> list[str]:
@@ -213,7 +221,7 @@ def scan_image_folder(
         raise ValueError(f"verify must be 'none', 'header' or 'decode', got {verify!r}")
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"image folder {directory!r} does not exist")
+        raise FileNotFoundError(f"image folder {_described(directory)} does not exist")
     classes = find_classes(directory)
     paths: list[str] = []
     labels: list[int] = []
