@@ -5,7 +5,10 @@
 * **arch-def**: timm's ``arch_def`` format, a list of stages, each a list of block strings
   (``ds_r1_k3_s1_c16_nr6``, ``ir_r1_k7_s2_e3_c32_se0.25_nhs``). Identity layers are written
   ``skip_r1_s1_c40`` so that the round trip keeps positions; :func:`to_timm_arch_def` drops them
-  for timm's builder. The string form is the JSON text of the nested list.
+  for timm's builder. The string form is the JSON text of the nested list. The decoder reads
+  timm's repeat counts (``ir_r2_...`` is two layers; as in timm, only the first of a stage's
+  blocks keeps its stride) and checks the SE ratio against the space's; options the space cannot
+  represent (another SE ratio, dilation, ``noskip``, ...) are refused, never ignored.
 
 Every decoder raises ``ValueError`` naming the layer and its allowed choices on invalid input, and
 nothing else.
@@ -14,6 +17,7 @@ nothing else.
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import re
 from collections.abc import Sequence
@@ -161,6 +165,8 @@ def to_timm_arch_def(space: SearchSpace, genome: Sequence[int]) -> list[list[str
 
 
 _BLOCK_RE = re.compile(r"^(ir|skip|ds)((?:_[a-z]+[0-9.]*)*)$")
+# The options each block type may carry: r (repeats), k, s, e, c, se (ratio), n (activation).
+_BLOCK_OPTIONS = {"ir": ("r", "k", "s", "e", "c", "se", "n"), "skip": ("r", "s", "c")}
 
 
 def _parse_block(block: str, where: str) -> dict[str, str]:
@@ -177,6 +183,55 @@ def _parse_block(block: str, where: str) -> dict[str, str]:
             raise ValueError(f"{where}: option {key!r} repeated in {block!r}")
         fields[key] = val
     return fields
+
+
+def _expand_repeats(blocks: list, where: str) -> list[tuple[str, dict[str, str]]]:
+    """One ``(block, options)`` per layer: a block ``_r<n>`` stands for ``n`` layers, the first with
+    the block's stride and the others with ``s1`` (timm's builder strides only a stage's first)."""
+    out: list[tuple[str, dict[str, str]]] = []
+    for block in blocks:
+        f = _parse_block(block, where)
+        allowed = _BLOCK_OPTIONS.get(f["type"], ())
+        extra = [k for k in f if k != "type" and k not in allowed]
+        if extra:
+            raise ValueError(
+                f"{where}: block {block!r} has option {extra[0]!r}, which the space cannot "
+                f"represent ({f['type']} blocks take {', '.join(allowed)})"
+            )
+        try:
+            repeats = int(f.get("r", "1"))
+        except ValueError:
+            repeats = 0
+        if repeats < 1:
+            raise ValueError(f"{where}: block {block!r} needs a repeat count r >= 1 (an integer)")
+        out.append((block, f))
+        out.extend((block, {**f, "s": "1"}) for _ in range(repeats - 1))
+    return out
+
+
+def _has_se(
+    space: SearchSpace, in_ch: int, expansion: int, ratio_text: str | None, where: str
+) -> bool:
+    """Whether a block has SE, after checking its ratio is the one the space builds: the space's
+    own ``se.ratio`` (of its base width), or the reduced width over the expanded width as
+    :func:`to_arch_def` writes it. ``se0`` means no SE, as in timm."""
+    if ratio_text is None:
+        return False
+    try:
+        ratio = float(ratio_text)
+    except ValueError:
+        raise ValueError(f"{where}: SE ratio {ratio_text!r} is not a number") from None
+    if ratio == 0:
+        return False
+    hidden = round(in_ch * expansion)
+    reduced = space.se.reduced_channels(in_ch, hidden)
+    if math.isclose(ratio, space.se.ratio) or round(ratio * hidden) == reduced:
+        return True
+    raise ValueError(
+        f"{where}: SE ratio {ratio:g} is not the space's: {space.name} reduces to {reduced} "
+        f"channels here ({space.se.ratio:g} of the {space.se.base} width; se{reduced / hidden:.6g} "
+        "of the expanded width)"
+    )
 
 
 def from_arch_def(space: SearchSpace, arch_def: str | Sequence[Sequence[str]]) -> Genome:
@@ -206,15 +261,15 @@ def from_arch_def(space: SearchSpace, arch_def: str | Sequence[Sequence[str]]) -
     names = space.choice_names
     for s in range(space.num_stages):
         idx = space.stage_layers(s)
-        blocks = list(stages[s + 1])
+        blocks = _expand_repeats(list(stages[s + 1]), f"{space.name}: arch-def stage {s + 1}")
         if len(blocks) != len(idx):
             raise ValueError(
-                f"{space.name}: arch-def stage {s + 1} has {len(blocks)} blocks, expected {len(idx)}"
+                f"{space.name}: arch-def stage {s + 1} has {len(blocks)} blocks (repeats counted), "
+                f"expected {len(idx)}"
             )
-        for i, block in zip(idx, blocks):
+        for i, (block, f) in zip(idx, blocks):
             layer = space.layers[i]
             where = f"{space.name}: layer {i + 1}"
-            f = _parse_block(block, where)
             if f.get("s") != str(layer.stride) or f.get("c") != str(layer.out_channels):
                 raise ValueError(
                     f"{where}: block {block!r} must have s{layer.stride} and c{layer.out_channels}"
@@ -230,8 +285,9 @@ def from_arch_def(space: SearchSpace, arch_def: str | Sequence[Sequence[str]]) -
                     raise ValueError(
                         f"{where}: block {block!r} must use activation n{_ACT_TAG[layer.activation]}"
                     )
+                se = _has_se(space, layer.in_channels, e, f.get("se"), f"{where}: block {block!r}")
                 try:
-                    choice = Choice(e, k, "se" in f)
+                    choice = Choice(e, k, se)
                 except ValueError as exc:
                     raise ValueError(f"{where}: {exc}") from None
             else:
