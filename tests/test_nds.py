@@ -531,3 +531,40 @@ def test_fuzz_extension_matches_twin(F, data):
         np.testing.assert_array_equal(
             C.binary_tournament(rank, cd, pairs), _reference.binary_tournament(rank, cd, pairs)
         )
+
+
+# --------------------------------------------------------------------------------------------
+# integers beyond float64 (2**53): exact, never silently rounded
+
+
+@pytest.mark.parametrize(
+    "base, dtype", [(2**60, np.int64), (-(2**62), np.int64), (2**63, np.uint64)]
+)
+def test_integers_beyond_2_53_sort_exactly(backend, base, dtype):
+    small = np.random.default_rng(3).integers(0, 20, (300, 3))
+    big = small.astype(dtype) + np.array(base, dtype=dtype)  # same order, same gaps
+    assert len(np.unique(big.astype(np.float64)[:, 0])) < len(np.unique(big[:, 0]))  # a cast merges
+    for maximize in (None, [True, False, True]):
+        fronts = nds.non_dominated_sort(small, maximize)
+        np.testing.assert_array_equal(nds.non_dominated_sort(big, maximize), fronts)
+        np.testing.assert_array_equal(
+            nds.select(big, 77, maximize), nds.select(small, 77, maximize)
+        )
+        np.testing.assert_array_equal(
+            nds.crowding_distance(big, fronts, maximize),
+            nds.crowding_distance(small, fronts, maximize),
+        )
+
+
+def test_integer_extremes_with_maximize(backend):
+    lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    F = np.array([[lo, hi], [hi, lo], [lo + 1, hi - 1], [hi - 1, hi - 1]], dtype=np.int64)
+    np.testing.assert_array_equal(nds.non_dominated_sort(F), [0, 0, 0, 1])
+    np.testing.assert_array_equal(nds.non_dominated_sort(F, maximize=True), [0, 0, 1, 0])
+
+
+def test_hypervolume_refuses_integers_beyond_2_53(backend):
+    F = np.array([[2**60, 1], [1, 2**60]], dtype=np.int64)
+    with pytest.raises(ValueError, match=r"F holds integers beyond 2\*\*53 \(F\[0, 0\]"):
+        nds.hypervolume(F, [2**61, 2**61])
+    assert nds.hypervolume(np.array([[1, 2], [2, 1]]), [3, 3]) == 3.0  # small ints: exact floats

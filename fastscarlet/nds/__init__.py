@@ -8,6 +8,11 @@ function runs on one of two backends with identical results:
   M >= 4; float32/float64 read in place; the GIL released);
 * ``"python"``: :mod:`fastscarlet.nds._reference`, the numpy twin (O(N^2 M) sort).
 
+Integer objectives are compared exactly: up to 2**53 in magnitude they are converted to float64
+(exact); beyond that (int64/uint64 hashes, timestamps in ns, ...) a float64 cast would merge distinct
+values and return wrong fronts, so the sort runs on each column's exact ranks and the crowding
+distance on exact integer gaps; :func:`hypervolume` refuses them.
+
 The environment variable ``FASTSCARLET_NDS_BACKEND`` (``auto`` | ``cpp`` | ``python``, default
 ``auto``) picks one; ``auto`` takes ``cpp`` when the extension loads. :func:`backend` says which
 one runs.
@@ -80,18 +85,50 @@ def backend() -> str:
     return _load(os.environ.get(BACKEND_ENV, "auto").strip().lower())[0]
 
 
+_FLOAT64_EXACT = 2**53  # every integer of at most this magnitude is a float64
+
+
 def _objectives(F: ArrayLike, maximize: Maximize, name: str = "F") -> np.ndarray:
-    """F as a 2-D float32/float64 array (no copy when it already is one), maximized columns negated."""
+    """F as a 2-D float32/float64 array (no copy when it already is one), maximized columns negated.
+
+    Integers beyond 2**53 in magnitude stay integers (see :func:`_is_exact`), their maximized
+    columns bitwise-inverted: ``~x`` reverses the order and keeps every gap, and cannot overflow.
+    """
     A = np.asarray(F)
-    if A.dtype not in (np.float32, np.float64):  # ints, bools, float16, non-native byte order
-        A = A.astype(np.float64)
     if A.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (N points x M objectives), got {A.ndim}-D")
+    if A.dtype.kind in "iu" and A.size and _beyond_float64(A):
+        mask = _maximize_mask(maximize, A.shape[1])
+        if mask is not None:
+            A = A.copy()
+            A[:, mask] = ~A[:, mask]
+        return A
+    if A.dtype not in (np.float32, np.float64):  # ints, bools, float16, non-native byte order
+        A = A.astype(np.float64)
     mask = _maximize_mask(maximize, A.shape[1])
     if mask is not None:
         A = A.copy()
         A[:, mask] = -A[:, mask]
     return A
+
+
+def _beyond_float64(A: np.ndarray) -> bool:
+    low, high = int(A.min()), int(A.max())
+    return low < -_FLOAT64_EXACT or high > _FLOAT64_EXACT
+
+
+def _is_exact(A: np.ndarray) -> bool:
+    """Whether ``A`` (from :func:`_objectives`) holds integers that float64 cannot represent."""
+    return A.dtype.kind in "iu"
+
+
+def _exact_order(A: np.ndarray) -> np.ndarray:
+    """float64 (N, M): each column's dense rank. Every comparison (<, ==) between two rows in one
+    objective is the same as on ``A``, so dominance, and the sort, are exact."""
+    ranks = np.empty(A.shape, dtype=np.float64)
+    for j in range(A.shape[1]):
+        ranks[:, j] = np.unique(A[:, j], return_inverse=True)[1].reshape(-1)
+    return ranks
 
 
 def _maximize_mask(maximize: Maximize, m: int) -> np.ndarray | None:
@@ -114,7 +151,8 @@ def non_dominated_sort(F: ArrayLike, maximize: Maximize = None) -> np.ndarray:
     the ``maximize`` objectives); equal rows share a front. Front r holds the rows dominated only
     by rows of fronts 0..r-1. Raises ``ValueError`` naming ``F`` if it is not 2-D or not finite.
     """
-    return _impl().non_dominated_sort(_objectives(F, maximize))
+    A = _objectives(F, maximize)
+    return _impl().non_dominated_sort(_exact_order(A) if _is_exact(A) else A)
 
 
 def crowding_distance(F: ArrayLike, fronts: ArrayLike, maximize: Maximize = None) -> np.ndarray:
@@ -129,7 +167,10 @@ def crowding_distance(F: ArrayLike, fronts: ArrayLike, maximize: Maximize = None
     labels = np.asarray(fronts)
     if labels.size and not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(f"fronts must hold integer front indices, got dtype {labels.dtype}")
-    return _impl().crowding_distance(_objectives(F, maximize), labels.astype(np.int64, copy=False))
+    A, labels = _objectives(F, maximize), labels.astype(np.int64, copy=False)
+    if _is_exact(A):
+        return _reference.crowding_by_front(A, labels)
+    return _impl().crowding_distance(A, labels)
 
 
 def select(F: ArrayLike, n: int, maximize: Maximize = None) -> np.ndarray:
@@ -140,7 +181,11 @@ def select(F: ArrayLike, n: int, maximize: Maximize = None) -> np.ndarray:
     whole front by index, within the cut front by decreasing crowding distance. Deterministic: no
     random tie-breaking, unlike pymoo's.
     """
-    return _impl().select(_objectives(F, maximize), _index(n, "n"))
+    A, n = _objectives(F, maximize), _index(n, "n")
+    if _is_exact(A):
+        _reference._check_n(n, A.shape[0])
+        return _reference.survivors(A, _impl().non_dominated_sort(_exact_order(A)), n)
+    return _impl().select(A, n)
 
 
 def binary_tournament(fronts: ArrayLike, crowding: ArrayLike, candidates: ArrayLike) -> np.ndarray:
@@ -178,6 +223,13 @@ def hypervolume(F: ArrayLike, ref: ArrayLike, maximize: Maximize = None) -> floa
     the flagged objectives of ``F`` and ``ref`` are negated.
     """
     A = _objectives(F, maximize)
+    if _is_exact(A):
+        given = np.asarray(F)
+        i, j = np.unravel_index(np.argmax(np.abs(given.astype(np.float64))), given.shape)
+        raise ValueError(
+            f"F holds integers beyond 2**53 (F[{i}, {j}] = {int(given[i, j])}), which the float64 "
+            "hypervolume cannot represent exactly: shift or scale F (and ref) first"
+        )
     r = np.asarray(ref, dtype=np.float64)
     mask = _maximize_mask(maximize, A.shape[1])
     if mask is not None and r.shape == mask.shape:

@@ -91,14 +91,25 @@ def non_dominated_sort(F: np.ndarray) -> np.ndarray:
 
 
 def _front_crowding(G: np.ndarray) -> np.ndarray:
-    """pymoo's crowding distance of the rows of one front G (s, M), float64 (s,)."""
+    """pymoo's crowding distance of the rows of one front G (s, M), float64 (s,).
+
+    Integer G (the exact path of :mod:`fastscarlet.nds` for integers float64 cannot hold) has its
+    gaps taken exactly in uint64 (sorted values minus the smallest, modulo 2**64, is exact) and
+    rounded once to float64.
+    """
     s, m = G.shape
     if s <= 2:
         return np.full(s, np.inf)
     order = np.argsort(G, axis=0, kind="stable")  # ties keep row order
     V = np.take_along_axis(G, order, axis=0)
-    span = V[-1] - V[0]
-    gaps = np.diff(V, axis=0)
+    if V.dtype.kind in "iu":
+        offset = V.astype(np.uint64) - V[0].astype(np.uint64)  # wraps exactly
+        span = offset[-1].astype(np.float64)
+        gaps = np.diff(offset, axis=0).astype(np.float64)
+    else:
+        V = V.astype(np.float64, copy=False)
+        span = V[-1] - V[0]
+        gaps = np.diff(V, axis=0)
     sorted_cd = np.empty((s, m))
     with np.errstate(divide="ignore", invalid="ignore"):
         sorted_cd[1:-1] = gaps[:-1] / span + gaps[1:] / span
@@ -117,14 +128,18 @@ def crowding_distance(F: np.ndarray, fronts: np.ndarray) -> np.ndarray:
     ``(f[next] - f[prev]) / (max f - min f)`` (0 for every row if max == min); the sum over
     objectives is divided by M.
     """
-    F = _check_matrix(F)
+    return crowding_by_front(_check_matrix(F), fronts)
+
+
+def crowding_by_front(F: np.ndarray, fronts: np.ndarray) -> np.ndarray:
+    """:func:`crowding_distance` without the float check of ``F`` (integer ``F`` is exact)."""
     fronts = _check_labels(fronts, F.shape[0])
     cd = np.empty(F.shape[0])
     order = np.argsort(fronts, kind="stable")
     bounds = np.flatnonzero(np.diff(fronts[order])) + 1
     for rows in np.split(order, bounds):
         if rows.size:
-            cd[rows] = _front_crowding(F[rows].astype(np.float64))
+            cd[rows] = _front_crowding(F[rows])
     return cd
 
 
@@ -136,12 +151,20 @@ def select(F: np.ndarray, n: int) -> np.ndarray:
     crowding distance within the cut front.
     """
     F = _check_matrix(F)
-    N = F.shape[0]
-    if not 0 <= n <= N:
-        raise ValueError(f"n must be in [0, {N}] (the rows of F), got {n}")
+    _check_n(n, F.shape[0])
+    return survivors(F, non_dominated_sort(F), n)
+
+
+def _check_n(n: int, rows: int) -> None:
+    if not 0 <= n <= rows:
+        raise ValueError(f"n must be in [0, {rows}] (the rows of F), got {n}")
+
+
+def survivors(F: np.ndarray, rank: np.ndarray, n: int) -> np.ndarray:
+    """:func:`select` given the front of every row (``rank``); integer ``F`` is exact."""
+    _check_n(n, F.shape[0])
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    rank = non_dominated_sort(F)
     by_front = np.argsort(rank, kind="stable")
     ends = np.cumsum(np.bincount(rank))
     cut = int(np.searchsorted(ends, n))  # first front whose end reaches n
@@ -150,7 +173,7 @@ def select(F: np.ndarray, n: int) -> np.ndarray:
     need = n - whole
     if need == members.size:
         return by_front[:n].astype(np.int64)
-    cd = _front_crowding(F[members].astype(np.float64))
+    cd = _front_crowding(F[members])
     best = np.lexsort((np.arange(members.size), -cd))[:need]
     return np.concatenate([by_front[:whole], members[best]]).astype(np.int64)
 
