@@ -244,3 +244,36 @@ def test_set_start_batch_resumes_with_the_same_samples(tree):
     resumed = [b[2] for b in loader]
     assert len(resumed) == len(full) - 5
     assert all(torch.equal(a, b) for a, b in zip(full[5:], resumed))
+
+
+def _body_corrupt_tree(root: Path, good: int, corrupt: int) -> Path:
+    """``good`` JPEGs, then (by name) ``corrupt`` files with a JPEG header and end marker around
+    bytes no decoder parses: the header check passes them, DALI's decoder fails on them."""
+    d = root / "val" / "a"
+    d.mkdir(parents=True)
+    for i in range(good):
+        save(smooth_image(48, 64, i), d / f"g{i}.jpg")
+    for i in range(corrupt):
+        (d / f"x{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9")
+    return root
+
+
+@pytest.mark.parametrize(
+    "batch_size, good, corrupt", [(2, 2, 2), (1, 2, 2), (1, 0, 2), (1, 0, 5), (2, 1, 3)]
+)
+def test_a_batch_of_only_undecodable_files_is_skipped_and_counted_as_torch(
+    tmp_path, batch_size, good, corrupt
+):
+    root = _body_corrupt_tree(tmp_path, good, corrupt)
+    torch_loader, dali_loader = both(root, "val", batch_size=batch_size, image_size=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        delivered = {
+            name: [b[2].tolist() for b in loader]
+            for name, loader in (("torch", torch_loader), ("dali", dali_loader))
+        }
+    assert delivered["dali"] == delivered["torch"]
+    assert sum(map(len, delivered["dali"])) == good
+    expected = {str(root / "val" / "a" / f"x{i}.jpg") for i in range(corrupt)}
+    assert {s.path for s in dali_loader.skipped} == expected
+    assert {s.path for s in torch_loader.skipped} == expected

@@ -21,8 +21,10 @@ so every delivered sample is accounted for.
 Corrupt files: the scan (``verify="header"``) leaves out what it can see. If a DALI decoder still
 fails, the pipeline is dead (DALI's rule); the loader decodes the batch's candidate files with PIL
 to find the culprit, records it in ``skipped``, replaces it by a placeholder that is dropped from
-the batch, and rebuilds the pipeline at the same batch boundary. If no culprit is found, it raises
-an error with DALI's message and the candidate files.
+the batch, and rebuilds the pipeline at the same batch boundary. A batch whose files all fail is
+skipped (and its files counted), and so is the rest of an epoch in which nothing decodes, as the
+torch backend does. If no culprit is found, it raises an error with DALI's message and the
+candidate files.
 """
 
 from __future__ import annotations
@@ -260,14 +262,14 @@ class DaliImageLoader(ImageLoader):
                     got = np.asarray(positions.as_array()).reshape(-1)[:n]
                     if not np.array_equal(got, np.arange(pos, pos + n)):
                         raise RuntimeError(f"DALI delivered positions {got[:8]}..., expected {pos}")
-                    batch = self._to_torch(images)[:n]
                     keep = [i for i, p in enumerate(range(pos, pos + n)) if p not in bad]
-                    indices = torch.from_numpy(order[pos : pos + n][keep])
-                    if len(keep) < n:
-                        batch = batch[torch.as_tensor(keep, device=batch.device)]
-                    pos += n
+                    start, pos = pos, pos + n
                     if not keep:
-                        continue
+                        continue  # every file of the batch failed: nothing to deliver (as torch)
+                    batch = self._to_torch(images)[:n]
+                    indices = torch.from_numpy(order[start : start + n][keep])
+                    if len(keep) < n:
+                        batch = batch[torch.as_tensor(keep, dtype=torch.long, device=batch.device)]
                     yield (
                         batch,
                         self._labels[indices].to(self.device, non_blocking=non_blocking),
@@ -289,6 +291,9 @@ class DaliImageLoader(ImageLoader):
                 bad.update(found)
                 if placeholder is None:
                     placeholder = self._good_file(order, pos, total, bad)
+                    if placeholder is None:  # nothing left decodes: all skipped, as torch would
+                        self._skip_the_rest(order, pos, total, bad)
+                        return
 
     def _find_culprits(
         self, order: np.ndarray, pos: int, total: int, bad: set[int], message: str
@@ -310,9 +315,18 @@ class DaliImageLoader(ImageLoader):
                 self._record_failure(int(order[p]), reason)
         return found
 
-    def _good_file(self, order: np.ndarray, pos: int, total: int, bad: set[int]) -> str:
-        """A file that decodes, to stand in for the bad ones (its samples are dropped)."""
+    def _good_file(self, order: np.ndarray, pos: int, total: int, bad: set[int]) -> str | None:
+        """A file that decodes, to stand in for the bad ones (its samples are dropped); ``None``
+        when the epoch has none."""
         for p in [*range(pos, total), *range(pos)]:
             if p not in bad and check_image(self.files.paths[order[p]], "decode") is None:
                 return self.files.paths[order[p]]
-        raise RuntimeError(f"no decodable file left in {self.files.root}")
+        return None
+
+    def _skip_the_rest(self, order: np.ndarray, pos: int, total: int, bad: set[int]) -> None:
+        """Record the files from ``pos`` on that are not recorded yet: none of them decodes."""
+        for p in range(pos, total):
+            if p not in bad:
+                bad.add(p)
+                path = self.files.paths[order[p]]
+                self._record_failure(int(order[p]), check_image(path, "decode") or "no decoder")
