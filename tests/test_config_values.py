@@ -136,3 +136,25 @@ def test_missing_relative_data_root_names_the_absolute_path(tmp_path, monkeypatc
         with pytest.raises(FileNotFoundError) as info:
             call()
         assert str(tmp_path) in str(info.value) and "current folder" in str(info.value)
+
+
+# What is known of the papers' (or the nearest public third-party) supernet training, papers.md 2.2:
+# FairNAS accumulates the path gradients (UniNAS sums them), UniNAS's SGD has no Nesterov, its cosine
+# ends at 1e-5, nnabla-nas clips at 5.
+KNOWN_TRAINING = {
+    "optim.shared_grad": "sum",
+    "optim.nesterov": False,
+    "optim.min_lr": 1e-5,
+    "optim.grad_clip": 5.0,
+}
+
+
+def test_the_paper_scale_recipe_names_each_deviation_in_its_header():
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "imagenet.yaml"
+    cfg = load_config(recipe).to_dict()
+    text = recipe.read_text()
+    header = text[text.index("DEVIATES") : text.index("\nspace:")]
+    for key, known in KNOWN_TRAINING.items():
+        section, name = key.split(".")
+        if cfg[section][name] != known:
+            assert f"- {key}: " in header, f"{key} differs from the papers' {known!r}, unexplained"
