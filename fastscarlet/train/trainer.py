@@ -55,6 +55,7 @@ from fastscarlet.train.distributed import (
     broadcast_parameters,
     init_distributed,
 )
+from fastscarlet.train.grouped_step import grouped_backward
 from fastscarlet.train.monitor import Monitor
 from fastscarlet.train.optim import WarmupCosineLR, build_sgd
 from fastscarlet.train.samplers import make_sampler
@@ -274,13 +275,18 @@ class SupernetTrainer:
             if self.amp_dtype is not None
             else nullcontext()
         )
-        losses = []
-        for (x, y), g in zip(batches, paths):
-            with autocast:
-                logits = model(x, g)
-            loss = self.criterion(logits.float(), y)
-            losses.append(loss.detach())
-            self.scaler.scale(loss).backward()
+        # Where the kernels run, the m paths go through one grouped pass (train/grouped_step.py).
+        losses = grouped_backward(
+            model, batches, paths, self.criterion, autocast, self.scaler.scale
+        )
+        if losses is None:  # the loop over paths (the reference)
+            losses = []
+            for (x, y), g in zip(batches, paths):
+                with autocast:
+                    logits = model(x, g)
+                loss = self.criterion(logits.float(), y)
+                losses.append(loss.detach())
+                self.scaler.scale(loss).backward()
         loss_t = torch.stack(losses)
         finite = torch.isfinite(loss_t)
         if all_ranks_flag(not bool(finite.all()), self.dist, self.device):
