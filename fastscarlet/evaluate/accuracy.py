@@ -24,6 +24,39 @@ class Accuracy:
     images: int
 
 
+class Tally:
+    """Top-1/top-5 hits and the cross-entropy sum of one network over batches of logits.
+
+    Kept as tensors on the logits' device (no host sync per batch); the loss is summed in float64
+    from each batch's float32 sum, which is exactly what adding ``.item()`` to a Python float does.
+    """
+
+    __slots__ = ("correct1", "correct5", "loss_sum", "n")
+
+    def __init__(self) -> None:
+        self.correct1: torch.Tensor | int = 0
+        self.correct5: torch.Tensor | int = 0
+        self.loss_sum: torch.Tensor | float = 0.0
+        self.n = 0
+
+    def add(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        logits = logits.float()
+        loss = nn.functional.cross_entropy(logits, y, reduction="sum")
+        self.loss_sum = self.loss_sum + loss.double()
+        k = min(5, logits.shape[1])
+        hit = logits.topk(k, dim=1).indices.eq(y[:, None])
+        self.correct1 = self.correct1 + hit[:, 0].sum()
+        self.correct5 = self.correct5 + hit.any(dim=1).sum()
+        self.n += y.shape[0]
+
+    def result(self) -> Accuracy:
+        if self.n == 0:
+            raise ValueError("evaluation got no batches")
+        n = self.n
+        c1, c5, loss = int(self.correct1), int(self.correct5), float(self.loss_sum)
+        return Accuracy(100.0 * c1 / n, 100.0 * c5 / n, loss / n, n)
+
+
 def _batches(loader: Iterable, num_batches: int | None):
     for i, batch in enumerate(loader):
         if num_batches is not None and i >= num_batches:
@@ -67,24 +100,13 @@ def evaluate(
     """Top-1/top-5 accuracy (%) and mean cross-entropy of ``model`` in eval mode."""
     was_training = model.training
     model.eval()
-    correct1 = correct5 = 0
-    loss_sum = 0.0
-    n = 0
+    tally = Tally()
     try:
         for x, y in _batches(loader, num_batches):
-            logits = (forward or (lambda mdl, inp: mdl(inp)))(model, x).float()
-            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-            k = min(5, logits.shape[1])
-            top = logits.topk(k, dim=1).indices
-            hit = top.eq(y[:, None])
-            correct1 += int(hit[:, 0].sum())
-            correct5 += int(hit.any(dim=1).sum())
-            n += y.shape[0]
+            tally.add((forward or (lambda mdl, inp: mdl(inp)))(model, x), y)
     finally:
         model.train(was_training)
-    if n == 0:
-        raise ValueError("evaluation got no batches")
-    return Accuracy(100.0 * correct1 / n, 100.0 * correct5 / n, loss_sum / n, n)
+    return tally.result()
 
 
 def evaluate_paths(
