@@ -9,7 +9,8 @@ max)}`` over the whole space (so an impossible constraint is an error before any
 * :class:`LatencyEvaluator`: ``latency`` (ms) from a latency table (:mod:`fastscarlet.cost.latency`);
 * :class:`AccuracyEvaluator`: ``acc`` (top-1, %), ``acc5`` and ``loss`` of supernet paths, BN
   recalibrated on training images read with the eval transform, measured on a held-out split
-  (:func:`fastscarlet.evaluate.evaluate_paths`, one subnet at a time);
+  (:class:`fastscarlet.evaluate.PopulationEvaluator`: the numbers of ``evaluate_paths``, a whole
+  generation at once);
 * :func:`combine`: several evaluators as one (their dicts merged).
 """
 
@@ -75,11 +76,13 @@ class LatencyEvaluator:
 
 
 class AccuracyEvaluator:
-    """``acc``, ``acc5`` (top-1/top-5, %) and ``loss`` of supernet paths, one subnet at a time.
+    """``acc``, ``acc5`` (top-1/top-5, %) and ``loss`` of supernet paths, BN recalibrated per path.
 
-    Each genome's subnet (LET kept: exactly the supernet path) has its BN statistics recomputed
-    on the first ``calib_batches`` batches of ``calib_loader``, then is evaluated on the first
-    ``val_batches`` batches of ``val_loader`` (None: all). The loaders must give the same batches
+    Each genome's path has its BN statistics recomputed on the first ``calib_batches`` batches of
+    ``calib_loader``, then is evaluated on the first ``val_batches`` batches of ``val_loader``
+    (None: all): the numbers of :func:`fastscarlet.evaluate.evaluate_paths`, computed for all new
+    genomes of a generation at once by a :class:`fastscarlet.evaluate.PopulationEvaluator`
+    (shared prefixes computed once, batches read once). The loaders must give the same batches
     on every pass (a fixed seed and epoch), so that a genome's score does not depend on when it
     is evaluated: that is what makes a resumed search identical to an uninterrupted one.
     """
@@ -93,27 +96,18 @@ class AccuracyEvaluator:
         val_batches: int | None = None,
         progress: bool = False,
     ) -> None:
+        from fastscarlet.evaluate import PopulationEvaluator
+
         self.supernet = supernet
         self.calib_loader, self.val_loader = calib_loader, val_loader
         self.calib_batches, self.val_batches = calib_batches, val_batches
         self.progress = progress
+        self.population = PopulationEvaluator(
+            supernet, calib_loader, val_loader, calib_batches, val_batches, progress=progress
+        )
 
     def __call__(self, genomes: list[Genome]) -> list[dict[str, float]]:
-        from fastscarlet.evaluate import evaluate_paths
-
-        items: Iterable[Genome] = genomes
-        if self.progress and len(genomes) > 1:
-            from tqdm.auto import tqdm
-
-            items = tqdm(genomes, desc="evaluate", unit="subnet", leave=False)
-        out = []
-        for g in items:
-            (acc,) = evaluate_paths(
-                self.supernet, [g], self.calib_loader, self.val_loader,
-                self.calib_batches, self.val_batches,
-            )  # fmt: skip
-            out.append({"acc": acc.top1, "acc5": acc.top5, "loss": acc.loss})
-        return out
+        return self.population(genomes)
 
 
 class _Combined:
