@@ -1,7 +1,11 @@
 """Triton kernels of fastscarlet, installed as ``fastscarlet.kernels``.
 
-Every kernel module carries its ``@triton.jit`` kernels, their host launchers and a plain-PyTorch
-``*_ref`` reference that is also the fallback:
+Every kernel module carries its ``@triton.jit`` kernels and their host launchers. The building
+blocks also carry a plain-PyTorch ``*_ref`` that their tests use as the oracle (``act_ref``,
+``act_grad_ref``, ``batch_norm_ref``, ``depthwise_ref``, ``conv1x1_ref``); nothing runs them in
+place of a kernel. What runs when a kernel does not, the fallback, is the code of the
+``fastscarlet.nn`` modules (:mod:`.dispatch` decides), and the block-level ops (MBConv, LET) are
+tested against those modules (which this package may not import). Contents:
 
 * :mod:`.mbconv`: the fused MBConv choice block (inference and training): the entry point the
   modules call, its support check and autograd function; :mod:`.mbconv_kernels` (its two own

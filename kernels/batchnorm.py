@@ -23,7 +23,9 @@ the Gram matrix of the conv's input, for the BN after the expand conv), :func:`_
 kernel produced in-epilogue: the block output's ``dy``), :func:`_affine_act_kernel` (the block's
 last BN + residual, or the SE pooling of ``act(BN(z))``) and :func:`_bn_bwd_apply_kernel` (``dz``
 of the depthwise output, with the SE pooling term). On the host, :func:`update_running_stats`
-moves the BN buffers with the finalized statistics.
+moves the BN buffers with the finalized statistics. :func:`batch_norm_ref` is the reference the
+tests hold this path to (statistics, normalised output and buffer updates, ``momentum=None``
+included).
 """
 
 from __future__ import annotations
@@ -388,13 +390,18 @@ def update_running_stats(
                 buf.lerp_(b[row].to(buf.dtype), weight)
 
 
-def batch_norm_ref(
-    z: torch.Tensor, bn: torch.nn.BatchNorm2d, training: bool | None = None
-) -> torch.Tensor:
-    """The reference: ``F.batch_norm`` with the module's parameters and buffers."""
-    training = bn.training if training is None else training
+def batch_norm_ref(z: torch.Tensor, bn: torch.nn.BatchNorm2d) -> torch.Tensor:
+    """The reference of this module's training path: ``bn``'s forward on ``z`` (``[P, C]`` rows,
+    which ``nn.BatchNorm2d`` itself does not take, or ``[N, C, H, W]``), written with
+    ``F.batch_norm``, with the buffer updates of ``nn.BatchNorm2d.forward``: in training
+    ``num_batches_tracked += 1`` and the running statistics move by ``momentum``, or by
+    ``1 / num_batches_tracked`` when ``momentum`` is None (the cumulative average)."""
+    momentum = 0.0
+    if bn.training:
+        bn.num_batches_tracked.add_(1)
+        momentum = bn.momentum if bn.momentum is not None else 1.0 / int(bn.num_batches_tracked)
     return F.batch_norm(
-        z, bn.running_mean, bn.running_var, bn.weight, bn.bias, training, bn.momentum or 0.0, bn.eps
+        z, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.training, momentum, bn.eps
     )
 
 

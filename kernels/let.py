@@ -21,6 +21,9 @@ Not exact: into the previous block's project conv in training (BN3 with batch st
 between), or in front of a residual block. :func:`let_mbconv_forward` applies the rule for an
 MBConv; ``fastscarlet.nn.network.fold_stabilizers`` applies the same rule to exported subnets, whose
 folded expand convs (``expand_stride > 1``) the MBConv kernels run directly.
+
+The reference (the tests' oracle and the fallback) is ``fastscarlet.nn.LinearStabilizer`` itself:
+a strided 1x1 ``F.conv2d``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .depthwise import dw_out_size
 from .launch import call_op
@@ -132,11 +134,6 @@ class LETFunction(torch.autograd.Function):
         return (dx if ctx.needs_input_grad[0] else None), dw.view(w.shape).to(w.dtype), None
 
 
-def let_ref(x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:
-    """The reference: ``F.conv2d(x, w, stride=s)`` (what ``LinearStabilizer`` computes)."""
-    return F.conv2d(x, w, None, stride)
-
-
 def let_unsupported_reason(module: nn.Module, x: torch.Tensor) -> str | None:
     """Why the LET kernels cannot run (None: they can)."""
     conv = module.conv
@@ -202,7 +199,6 @@ __all__ = [
     "let_forward",
     "let_fwd",
     "let_mbconv_forward",
-    "let_ref",
     "let_supported",
     "let_unsupported_reason",
 ]

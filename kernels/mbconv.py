@@ -6,6 +6,11 @@ optionally a LET folded into its expand conv) through the kernels: in training m
 updates the BN running statistics as ``nn.BatchNorm2d`` does; in eval mode through the inference
 op. :func:`unsupported_reason` / :func:`mbconv_supported` say whether the kernels cover a call.
 
+The block has no ``*_ref`` of its own: its reference, which the tests hold the kernels to, and its
+fallback wherever :func:`unsupported_reason` says no, is the module's own PyTorch code
+(``MBConv.forward_with_se``, ``nn.BatchNorm2d`` included). A functional copy of it here would be a
+third implementation to keep in step (the one there was, unused, had BN's ``momentum=None`` wrong).
+
 The block is spread over four modules, one concern each:
 
 * :mod:`.mbconv_kernels`: the two block-specific ``@triton.jit`` kernels and their launchers;
@@ -20,9 +25,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from .activations import act_ref, module_act_name
+from .activations import module_act_name
 from .batchnorm import update_running_stats
 from .depthwise import dw_out_size
 from .launch import call_op
@@ -236,45 +240,11 @@ def mbconv_block_forward(
     )  # fmt: skip
 
 
-def mbconv_ref(
-    block: nn.Module,
-    x: torch.Tensor,
-    se: nn.Module | None = None,
-    *,
-    let_weight: torch.Tensor | None = None,
-    let_stride: int = 1,
-) -> torch.Tensor:
-    """The plain-PyTorch reference of :func:`mbconv_block_forward`, written out with
-    ``torch.nn.functional`` (same math and buffer updates as ``MBConv.forward_with_se``)."""
-    act = block.act_name
-    w1, es = block.expand.weight, block.expand.stride[0]
-    if let_weight is not None:
-        x = F.conv2d(x, let_weight, None, let_stride)
-
-    def bn(z: torch.Tensor, m: nn.BatchNorm2d) -> torch.Tensor:
-        return F.batch_norm(
-            z, m.running_mean, m.running_var, m.weight, m.bias, block.training,
-            m.momentum if m.momentum is not None else 0.0, m.eps,
-        )  # fmt: skip
-
-    y = act_ref(bn(F.conv2d(x, w1, None, es), block.bn1), act)
-    k = block.dw.kernel_size[0]
-    y = act_ref(bn(F.conv2d(y, block.dw.weight, None, block.dw.stride, k // 2, 1, y.shape[1]),
-                   block.bn2), act)  # fmt: skip
-    if se is not None:
-        s = y.mean((2, 3), keepdim=True)
-        s = act_ref(F.conv2d(s, se.reduce.weight, se.reduce.bias), module_act_name(se.act))
-        y = y * act_ref(F.conv2d(s, se.expand.weight, se.expand.bias), module_act_name(se.gate))
-    y = bn(F.conv2d(y, block.project.weight), block.bn3)
-    return x + y if block.residual else y
-
-
 __all__ = [
     "KERNEL_ACTS",
     "SE_GATES",
     "MBConvTrainFunction",
     "mbconv_block_forward",
-    "mbconv_ref",
     "mbconv_supported",
     "unsupported_reason",
 ]

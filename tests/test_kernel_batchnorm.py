@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import triton
@@ -9,7 +11,9 @@ import triton.language as tl
 
 from fastscarlet.env import triton_interpret
 from fastscarlet.kernels.activations import ACT_CODES, act_fwd, act_grad, act_grad_ref, act_ref
+from fastscarlet.kernels.batchnorm import batch_norm_ref
 from fastscarlet.kernels.testing import assert_close_scaled as _close
+from fastscarlet.kernels.testing import randomize_bn, rows
 
 needs_interpreter = pytest.mark.skipif(not triton_interpret(), reason="needs TRITON_INTERPRET=1")
 # Include the kinks, where PyTorch's backward formulas pick a side.
@@ -94,6 +98,75 @@ def test_finalize_and_backward_coefficients() -> None:
     red = torch.zeros(2, C)
     bn.bn_bwd_reduce(du.float(), z.float(), stats[bn.MEAN], stats[bn.RSTD], red)
     _close(red, dsums, 1e-4)
+
+
+def _batches(C: int, seed: int) -> list[torch.Tensor]:
+    """Three ``[N, C, H, W]`` batches with different means and spreads, so that the running
+    statistics of a cumulative average differ from any fixed momentum's."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(3, C, 5, 5, generator=g) * (i + 1) + i for i in range(3)]
+
+
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum0.1", "cumulative"])
+def test_batch_norm_ref_is_batchnorm2d(momentum: float | None) -> None:
+    """The oracle itself: on ``[P, C]`` rows, over three training batches and then in eval mode,
+    the output and every buffer of ``nn.BatchNorm2d`` on the same pixels. ``momentum=None`` is
+    the cumulative average (what BN recalibration uses), not "never update"."""
+    module = torch.nn.BatchNorm2d(12, momentum=momentum)
+    randomize_bn(module)
+    oracle = copy.deepcopy(module)
+    for x in [*_batches(12, 0), None]:
+        if x is None:  # eval mode: the running statistics just accumulated normalise
+            module.eval()
+            oracle.eval()
+            x = torch.randn(3, 12, 5, 5)
+        want = rows(module(x))
+        got = batch_norm_ref(rows(x), oracle)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        for name, buf in module.named_buffers():
+            torch.testing.assert_close(oracle.get_buffer(name), buf, rtol=1e-6, atol=1e-6)
+    assert int(oracle.num_batches_tracked) == 3
+
+
+@needs_interpreter
+@pytest.mark.interpreter
+@pytest.mark.parametrize(
+    "momenta",
+    [(0.1, 0.1), (None, None), (None, 0.3)],
+    ids=["foreach-momentum", "cumulative", "mixed"],
+)
+def test_training_bn_path_matches_batch_norm_ref(momenta: tuple[float | None, ...]) -> None:
+    """Sums -> ``bn_train_finalize`` -> ``affine_act`` and ``update_running_stats``, as the
+    block's training forward uses them, over three batches for two BNs at once (one momentum
+    for both takes the foreach path; ``None`` or mixed momenta the per-BN one): the normalised
+    output and the buffers of :func:`batch_norm_ref` in float64."""
+    from fastscarlet.kernels import batchnorm as bn
+
+    C = 40
+    mods = [torch.nn.BatchNorm2d(C, momentum=m) for m in momenta]
+    for i, m in enumerate(mods):
+        randomize_bn(m, torch.Generator().manual_seed(i))
+    oracles = [copy.deepcopy(m).double() for m in mods]
+    batches = [_batches(C, i) for i in range(len(mods))]
+    for step in range(3):
+        stats, outs = [], []
+        for i, m in enumerate(mods):
+            z = rows(batches[i][step]).contiguous()
+            sums = torch.stack([z.sum(0), z.square().sum(0)])
+            st = torch.empty(bn.STAT_ROWS, C)
+            bn.bn_train_finalize(sums, m.weight.detach(), m.bias.detach(), st, z.shape[0], m.eps)
+            out = torch.empty_like(z)
+            bn.affine_act(z, st[bn.SCALE], st[bn.SHIFT], (3, 25), out=out)
+            stats.append(st)
+            with torch.no_grad():
+                outs.append((out, batch_norm_ref(z.double(), oracles[i])))
+        bn.update_running_stats(mods, stats)
+        for (out, want), m, oracle in zip(outs, mods, oracles):
+            _close(out, want, 1e-5)
+            _close(m.running_mean, oracle.running_mean, 1e-5)
+            _close(m.running_var, oracle.running_var, 1e-5)
+            assert torch.equal(m.num_batches_tracked, oracle.num_batches_tracked)
+    assert all(int(m.num_batches_tracked) == 3 for m in mods)
 
 
 @needs_interpreter

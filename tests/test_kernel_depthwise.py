@@ -1,12 +1,13 @@
-"""Depthwise conv kernels (fastscarlet.kernels.depthwise) against F.conv2d and its autograd."""
+"""Depthwise conv kernels (fastscarlet.kernels.depthwise) against ``depthwise_ref`` (``F.conv2d``
+with ``groups=C``) and its autograd."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 from fastscarlet.env import triton_interpret
+from fastscarlet.kernels.depthwise import depthwise_ref
 from fastscarlet.kernels.testing import assert_close_scaled as _close
 from fastscarlet.kernels.testing import rows as _rows
 
@@ -15,10 +16,6 @@ pytestmark = [
     pytest.mark.skipif(not triton_interpret(), reason="needs TRITON_INTERPRET=1"),
 ]
 CL = torch.channels_last
-
-
-def _conv(x: torch.Tensor, w: torch.Tensor, s: int) -> torch.Tensor:
-    return F.conv2d(x, w, None, s, w.shape[-1] // 2, 1, x.shape[1])
 
 
 @pytest.mark.parametrize(
@@ -45,7 +42,7 @@ def test_dw_conv_fwd(k: int, s: int, H: int, mode: str, kernel: str) -> None:
         pool = torch.zeros(N, C)
         dw_conv_fwd(_rows(x), w, (N, H, H), s, out=_rows(out), bn_eval=bn, eps=1e-5,
                     epi_act="hswish", pool=pool, mode=kernel)  # fmt: skip
-        ref = _conv(x.double(), w.double(), s)
+        ref = depthwise_ref(x.double(), w.double(), s)
         sc = bn[0].double() / torch.sqrt(bn[3].double() + 1e-5)
         ref = ref * sc[:, None, None] + (bn[1].double() - bn[2].double() * sc)[:, None, None]
         ref = act_ref(ref, "hswish")
@@ -57,7 +54,7 @@ def test_dw_conv_fwd(k: int, s: int, H: int, mode: str, kernel: str) -> None:
         dw_conv_fwd(_rows(x), w, (N, H, H), s, out=_rows(out), pro_vecs=(sa, sb),
                     pro_act="relu6", stats=stats, mode=kernel)  # fmt: skip
         a = act_ref(x.double() * sa.double()[:, None, None] + sb.double()[:, None, None], "relu6")
-        ref = _conv(a, w.double(), s)
+        ref = depthwise_ref(a, w.double(), s)
         _close(out, ref)
         _close(stats[0], ref.sum((0, 2, 3)))
         _close(stats[1], ref.square().sum((0, 2, 3)))
@@ -94,7 +91,7 @@ def test_dw_conv_bwd(k: int, s: int, H: int, prologue: str, wgrad: str) -> None:
     mean, rstd = torch.randn(C, dtype=torch.float64), torch.rand(C, dtype=torch.float64) + 0.5
     u = (z * sa[:, None, None] + sb[:, None, None]) if prologue else z
     u = u.detach().requires_grad_()
-    y = _conv(act_ref(u, "hswish") if prologue else u, w, s)
+    y = depthwise_ref(act_ref(u, "hswish") if prologue else u, w, s)
     dz = torch.randn(y.shape, generator=g, dtype=torch.float64)
     y.backward(dz)
     zf = z.float().contiguous(memory_format=CL)

@@ -1,12 +1,13 @@
-"""1x1-conv GEMM kernels (fastscarlet.kernels.pointwise) against PyTorch formulas, flag by flag."""
+"""1x1-conv GEMM kernels (fastscarlet.kernels.pointwise) against ``conv1x1_ref`` (and its weight
+gradient by autograd) with each prologue and epilogue written out in PyTorch, flag by flag."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 from fastscarlet.env import triton_interpret
+from fastscarlet.kernels.pointwise import conv1x1_ref
 from fastscarlet.kernels.testing import assert_close_scaled as _close
 from fastscarlet.kernels.testing import rows as _rows
 
@@ -42,12 +43,12 @@ def test_pw_conv_fwd(pro: str, epi: str, extras: str) -> None:
         a, b, c = (t.double()[:, None, None] for t in vecs)
         zz = z.double()[:, :, ::s, ::s]
         if pro == "bn_bwd_x":  # z rebuilt in-kernel as xz @ wz^T at the output pixels
-            zz = F.conv2d(xz.double(), wz.double()[:, :, None, None])
+            zz = conv1x1_ref(xz.double(), wz.double()[:, :, None, None])
         v = a * v + b * zz + c
     gate = torch.rand(N, K, generator=g) if "gate" in extras else None
     if gate is not None:
         v = v * gate.double()[:, :, None, None]
-    ref = F.conv2d(v, w.double()[:, :, None, None])
+    ref = conv1x1_ref(v, w.double()[:, :, None, None])
     bias = torch.randn(NOUT, generator=g)
     bn = (torch.rand(NOUT, generator=g) + 0.5, torch.randn(NOUT, generator=g),
           torch.randn(NOUT, generator=g), torch.rand(NOUT, generator=g) + 0.5)  # fmt: skip
@@ -91,7 +92,7 @@ def test_pw_conv_fwd_transposed_weight_scatters_into_strided_rows() -> None:
     N, C, Co, H = 2, 12, 20, 9
     x = torch.randn(N, C, H, H, dtype=torch.float64, requires_grad=True)
     w = torch.randn(Co, C, 1, 1, dtype=torch.float64)
-    y = F.conv2d(x, w, None, 2)
+    y = conv1x1_ref(x, w, 2)
     dy = torch.randn(y.shape, generator=g, dtype=torch.float64)
     y.backward(dy)
     dyf = dy.float().contiguous(memory_format=CL)
@@ -101,6 +102,14 @@ def test_pw_conv_fwd_transposed_weight_scatters_into_strided_rows() -> None:
         out_hw=(H, H), weight_transposed=True,
     )  # fmt: skip
     _close(dx, x.grad)
+
+
+def _wgrad_ref(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``dL/dW [O, C]`` of ``conv1x1_ref(x, W)`` for the output gradient ``grad_out [N, O, H, W]``
+    (autograd through the reference: ``sum over pixels grad_out[o] * x[c]``)."""
+    w = torch.zeros(grad_out.shape[1], x.shape[1], 1, 1, dtype=x.dtype, requires_grad=True)
+    conv1x1_ref(x, w).backward(grad_out)
+    return w.grad[:, :, 0, 0]
 
 
 @pytest.mark.parametrize("variant", ["plain", "bn_bwd+affine+gate", "stride2", "bn_bwd_x", "gram"])
@@ -124,7 +133,7 @@ def test_pw_conv_wgrad(variant: str) -> None:
         zz = z.double()
         if variant == "bn_bwd_x":
             wz = torch.randn(Co, C, generator=g)
-            zz = torch.einsum("nchw,oc->nohw", vb, wz.double())
+            zz = conv1x1_ref(vb, wz.double()[:, :, None, None])
             kwargs = dict(pro_a_vecs=pa, z_weight=wz)
         va = pa[0].double()[:, None, None] * va + pa[1].double()[:, None, None] * zz
         va = va + pa[2].double()[:, None, None]
@@ -136,13 +145,13 @@ def test_pw_conv_wgrad(variant: str) -> None:
         kwargs = dict(pro_a_vecs=pa, z=_rows(z), pro_b_vecs=qa, pro_b_act="relu6", gate=gate)
     if variant == "gram":
         ones = torch.ones_like(vb[:, :1])
-        want = torch.einsum("nohw,nchw->oc", torch.cat([vb, ones], 1), vb)
+        want = _wgrad_ref(torch.cat([vb, ones], 1), vb)
         dw = torch.zeros(C + 1, C)
         pw_conv_wgrad(_rows(b), _rows(b), dw, geom=(N, Ho, Ho, H, H), a_stride=s, a_hw=(H, H),
                       b_stride=s, append_one=True)  # fmt: skip
         _close(dw, want)
         return
-    want = torch.einsum("nohw,nchw->oc", va, vb)
+    want = _wgrad_ref(va, vb)
     dw = torch.zeros(Co, C)
     pw_conv_wgrad(_rows(a), _rows(b), dw, geom=(N, Ho, Ho, H, H), b_stride=s, **kwargs)
     _close(dw, want)
