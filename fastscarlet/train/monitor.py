@@ -48,6 +48,13 @@ class Monitor:
 
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
+    def set_total(self, total_steps: int) -> None:
+        """A shorter (or longer) run than announced: the progress bar follows."""
+        self.total = total_steps
+        if self._bar is not None:
+            self._bar.total = total_steps
+            self._bar.refresh()
+
     def log(self, step: int, **scalars: Any) -> None:
         if not self.enabled:
             return
