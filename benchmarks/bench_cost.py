@@ -1,17 +1,21 @@
 """Throughput of the analytic cost model (issue 2: at least 10,000 genomes/s on the CI CPU).
 
-    python benchmarks/bench_cost.py [--n 20000]
+    python benchmarks/bench_cost.py [--n 20000] [--json benchmarks/results/cost_cpu.json]
 
 Times three ways to cost random SCARLET genomes at 224: ``CostModel.__call__`` (validated, one
 genome at a time), ``CostModel.batch`` (vectorised), and, as the baseline, building the model and
-counting with hooks (what the cost model replaces).
+counting with hooks (what the cost model replaces). ``--json`` writes the figures with the
+machine, the versions, the date and the load average (the machine may be shared).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import time
+from datetime import datetime, timezone
 
 import numpy as np
 import torch
@@ -22,11 +26,24 @@ from fastscarlet.space import get_space
 from fastscarlet.space.genome import random_genome
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--space", default="scarlet")
+    ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args()
+    load_before = os.getloadavg()
     torch.set_num_threads(1)
     space = get_space(args.space)
     rng = np.random.default_rng(0)
@@ -48,14 +65,34 @@ def main() -> None:
         count_by_hooks(build_network(space, g), 224)
     hooks = k / (time.perf_counter() - t0)
 
-    print(f"space={args.space} n={args.n} cpu={platform.processor() or platform.machine()}")
+    rates = {
+        "CostModel(genome)": scalar,
+        "CostModel.batch(genomes)": batch,
+        "build + hook count": hooks,
+    }
+    print(f"space={args.space} n={args.n} cpu={_cpu_name()}")
     print(f"{'method':<28} {'genomes/s':>12} {'vs hooks':>10}")
-    for name, rate in [
-        ("CostModel(genome)", scalar),
-        ("CostModel.batch(genomes)", batch),
-        ("build + hook count", hooks),
-    ]:
+    for name, rate in rates.items():
         print(f"{name:<28} {rate:>12,.0f} {rate / hooks:>9,.0f}x")
+    if args.json:
+        result = {
+            "env": {
+                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "cpu": _cpu_name(),
+                "nproc": os.cpu_count(),
+                "loadavg_before": list(load_before),
+                "loadavg_after": list(os.getloadavg()),
+                "python": platform.python_version(),
+                "numpy": np.__version__,
+                "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(),
+            },
+            "args": {"n": args.n, "space": args.space, "resolution": 224, "hook_genomes": k},
+            "genomes_per_s": rates,
+            "vs_hooks": {name: rate / hooks for name, rate in rates.items()},
+        }
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":
