@@ -148,6 +148,9 @@ class PopulationEvaluator:
             :class:`~fastscarlet.evaluate.batches.CachedBatches`).
         group_siblings: run the children of a trie node as one multi-path layer and the leaves
             under a node through the head together (default: on CUDA only).
+        channels_last: hold the batches channels_last (the convolutions' preferred layout; the
+            same function, equal to ``evaluate_paths`` within float tolerance, not bit for bit;
+            False: bit-identical on the CPU).
         progress: a progress bar over the batches of each pass.
     """
 
@@ -163,6 +166,7 @@ class PopulationEvaluator:
         memory_budget: int | None = None,
         cache_bytes: int | None = None,
         group_siblings: bool | None = None,
+        channels_last: bool = True,
         progress: bool = False,
     ) -> None:
         own = next(supernet.parameters()).device
@@ -171,8 +175,12 @@ class PopulationEvaluator:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.supernet = supernet if self.device == own else copy.deepcopy(supernet).to(self.device)
         self.space = supernet.space
-        self.calib = CachedBatches(calib_loader, calib_batches, self.device, cache_bytes)
-        self.val = CachedBatches(val_loader, val_batches, self.device, cache_bytes)
+        self.calib = CachedBatches(
+            calib_loader, calib_batches, self.device, cache_bytes, channels_last=channels_last
+        )
+        self.val = CachedBatches(
+            val_loader, val_batches, self.device, cache_bytes, channels_last=channels_last
+        )
         self.memory_budget = 1 << 30 if memory_budget is None else int(memory_budget)
         self.group_siblings = (
             self.device.type == "cuda" if group_siblings is None else bool(group_siblings)
