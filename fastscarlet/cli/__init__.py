@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "train": "fastscarlet.cli.train",
     "eval": "fastscarlet.cli.eval",
     "search": "fastscarlet.cli.search",
+    "latency-table": "fastscarlet.cli.latency_table",
 }
 
 
