@@ -1,14 +1,24 @@
 """Helpers for testing kernels against their references: the error budget and random blocks.
 
-The error budget of ``shared/CONVENTIONS.md`` (flash-attention's rule)::
+The error budget of ``shared/CONVENTIONS.md`` (flash-attention's rule), with an absolute ``atol``::
 
-    max|kernel - ref_high| <= 2 * max|ref_lowprec - ref_high| + atol * scale
+    max|kernel - ref_high| <= 2 * max|ref_lowprec - ref_high| + atol
 
 ``ref_high`` is the PyTorch reference in float64 (so that an fp32 kernel is also judged against
 something more precise than itself), ``ref_lowprec`` the reference in the kernel's dtype, ``atol``
-1e-4 (fp32), 1e-2 (fp16), 5e-2 (bf16). ``scale = max(1, max|ref_high|)``: a weight gradient is a
-sum over every pixel of the batch, so its magnitude (and every summation-order difference) grows
-with the batch; an absolute ``atol`` would test the batch size, not the kernel.
+1e-4 (fp32), 1e-2 (fp16), 5e-2 (bf16). The magnitude of a tensor needs no extra term: a weight
+gradient sums over every pixel of the batch, and ``ref_lowprec`` rounds the same sums, so
+``2 * max|ref_lowprec - ref_high|`` grows with the magnitude and the batch as the kernel's
+rounding does.
+
+Measured (``TRITON_INTERPRET=1 python tools/budget_margins.py``: the 21 interpreter block cases of
+``tests/test_kernel_mbconv.py`` in fp32, 295 tensors: outputs, every gradient, BN buffers): the
+largest error is 0.56 of this budget (the depthwise weight gradient of the non-centred-input case,
+error 1.4e-4 where max|ref| is 155); no tensor's error exceeds 5.1e-6 of its max|ref|. The budget
+this replaces added ``atol * max(1, max|ref|)`` instead of ``atol``: 1.5e-2 for that gradient, 115x
+its error, and at least 20x the error of every gradient whose max|ref| exceeds 1. The ``gpu``
+tests use the same rule; the H100 run of ``697c875`` passed them under the scaled one, and they
+have not run under this one yet.
 """
 
 from __future__ import annotations
@@ -45,10 +55,9 @@ def budget(
 ) -> Budget:
     """Measure ``out`` against ``ref_high`` with the budget set by ``ref_low`` (see module doc)."""
     hi = ref_high.double()
-    scale = max(1.0, float(hi.abs().max())) if hi.numel() else 1.0
     err = float((out.double() - hi).abs().max()) if hi.numel() else 0.0
     base = float((ref_low.double() - hi).abs().max()) if hi.numel() else 0.0
-    return Budget(name, err, 2.0 * base + ATOL[dtype] * scale)
+    return Budget(name, err, 2.0 * base + ATOL[dtype])
 
 
 def assert_within_budget(
