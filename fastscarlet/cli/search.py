@@ -4,6 +4,14 @@ Objectives: ``acc`` (top-1 %, maximised), ``acc5``, ``loss``, ``madds``, ``param
 (from ``--latency-table``); ``name:max`` or ``name:min`` overrides a direction (``--fitness moga``
 maximises ``params``, as MoGA does). Works under torchrun: the evaluations of a generation are
 split over the ranks and rank 0 writes.
+
+``--shift`` (Supernet Shifting, :mod:`fastscarlet.search.shifting`): each new genome's path takes
+``--shift-steps`` SGD steps on training batches before it is evaluated, so the supernet drifts
+toward the architectures the search favours; the shifted supernet is written to
+``OUT/supernet.pt`` (a training checkpoint). ``--transfer-data PATH`` moves the supernet to
+another dataset: a fresh classifier for its classes, trained by the shift, and the search runs on
+that dataset. Under torchrun every rank trains one genome per update (``--shift-parallel`` R
+reproduces an R-rank run in one process).
 """
 
 from __future__ import annotations
@@ -49,6 +57,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed-published", action="store_true",
         help="put the published models of the space into the initial population",
     )  # fmt: skip
+    shift = parser.add_argument_group("Supernet Shifting")
+    shift.add_argument(
+        "--shift", action="store_true",
+        help="fine-tune the supernet on each new genome's path before evaluating it",
+    )  # fmt: skip
+    shift.add_argument("--shift-steps", type=int, default=20, help="steps per genome (paper: 20)")
+    shift.add_argument("--shift-lr", type=float, default=1e-4, help="constant SGD lr (paper: 1e-4)")
+    shift.add_argument(
+        "--shift-batch", type=int, help="images per step (default: the run's data.batch_size)"
+    )
+    shift.add_argument(
+        "--shift-parallel", type=int,
+        help="genomes per update (default: the number of torchrun ranks, 1 without torchrun)",
+    )  # fmt: skip
+    shift.add_argument(
+        "--transfer-data", metavar="PATH",
+        help="search on this dataset (train/ and val/ or test/): a fresh classifier for its "
+        "classes is trained by the shift",
+    )  # fmt: skip
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -80,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fastscarlet.search import (
+        AccuracyEvaluator,
         CostEvaluator,
         LatencyEvaluator,
         Search,
@@ -92,8 +120,19 @@ def run(args: argparse.Namespace) -> int:
 
     objectives = parse_objectives(args.objectives, args.fitness)
     names = [n for n, _ in objectives]
-    for flag in ("population", "calib_batches", "eval_batches", "batch_size", "resolution"):
+    for flag in (
+        "population", "calib_batches", "eval_batches", "batch_size", "resolution", "shift_steps",
+        "shift_batch", "shift_parallel",
+    ):  # fmt: skip
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    if args.shift and not any(n in ACCURACY for n in names):
+        raise ValueError("--shift needs an accuracy objective (acc, acc5 or loss) to shift for")
+    if args.transfer_data and not args.shift:
+        raise ValueError("--transfer-data needs --shift: its new classifier is trained by it")
+    if args.transfer_data and args.data:
+        raise ValueError("--transfer-data names the dataset to search on: leave out --data")
+    if args.shift_lr <= 0:
+        raise ValueError(f"--shift-lr must be positive, got {args.shift_lr}")
     constraints = {
         k: v
         for k, v in (
@@ -116,6 +155,9 @@ def run(args: argparse.Namespace) -> int:
         device = torch.device("cuda", dist.local_rank)
     try:
         supernet = load_supernet(args.supernet, map_location=device)
+        shifter = None
+        if args.shift:
+            supernet, shifter = _shifting(args, supernet, device, dist)
         space, cfg = supernet.space, supernet.config
         resolution = args.resolution or cfg.data.image_size
         evaluators = [CostEvaluator(space, resolution)]
@@ -129,10 +171,15 @@ def run(args: argparse.Namespace) -> int:
                     f"supernet is of the {space.name} space"
                 )
             evaluators.append(LatencyEvaluator(latency))
-        if any(n in ACCURACY for n in names):
-            evaluators.append(
-                _accuracy(args, supernet, cfg, device, dist.rank, progress=not args.no_progress)
-            )
+        if shifter is not None:
+            evaluators.append(shifter)
+        elif any(n in ACCURACY for n in names):
+            calib, val = _eval_loaders(args, cfg, args.data or cfg.data.root, device)
+            accuracy = AccuracyEvaluator(
+                supernet, calib, val, args.calib_batches, args.eval_batches,
+                progress=not args.no_progress and dist.rank == 0,
+            )  # fmt: skip
+            evaluators.append(accuracy)
         seeds = tuple(
             m.genome for m in PUBLISHED.values() if args.seed_published and m.space == space.name
         )
@@ -145,28 +192,30 @@ def run(args: argparse.Namespace) -> int:
             constraints=constraints,
             seed_genomes=seeds,
             progress=not args.no_progress and dist.is_main,
+            **({} if shifter is None else {"shift": True, **shifter.settings()}),
         )
         result = Search(space, combine(*evaluators), objectives, config).run(
             out=Path(args.out), resume=args.resume
         )
         if dist.is_main:
             print_front(space, result)
-            print(f"outputs: {Path(args.out).resolve()} (front.json, archive.csv, front.png)")
+            extra = ", supernet.pt" if shifter is not None else ""
+            print(
+                f"outputs: {Path(args.out).resolve()} (front.json, archive.csv, front.png{extra})"
+            )
     finally:
         destroy(dist)
     return 0
 
 
-def _accuracy(args, supernet, cfg, device, rank: int, progress: bool):
+def _eval_loaders(args, cfg, root, device):
+    """(calibration, validation) loaders of ``root`` for the accuracy of supernet paths."""
     from fastscarlet.data import build_loader
-    from fastscarlet.search import AccuracyEvaluator
 
     dc = cfg.data
-    root = args.data or dc.root
     if root is None:
         raise ValueError("no dataset: pass --data PATH (the run's data.root is not set)")
     batch = args.batch_size or dc.eval_batch_size
-    backend = dc.backend if dc.backend != "synthetic" else "torch"
     common = dict(
         image_size=dc.image_size, device=device, num_workers=dc.num_workers, recipe=dc.recipe,
         seed=args.seed, batch_size=batch,
@@ -174,16 +223,65 @@ def _accuracy(args, supernet, cfg, device, rank: int, progress: bool):
     # Calibration reads training images with the eval transform, in one fixed shuffled order
     # (the same batches for every genome and every generation); accuracy is measured on the
     # held-out split (val/, or test/).
-    calib = build_loader(root, "train", backend, augment=False, shuffle=True, **common)
-    val = build_loader(root, "val", backend, **common)
+    calib = build_loader(root, "train", _backend(cfg), augment=False, shuffle=True, **common)
+    val = build_loader(root, "val", _backend(cfg), **common)
     if args.calib_batches > len(calib):
         print(
             f"note: --calib-batches {args.calib_batches} but the training split gives "
             f"{len(calib)} batches of {batch}; recalibrating on {len(calib)}"
         )
-    return AccuracyEvaluator(
-        supernet, calib, val, args.calib_batches, args.eval_batches, progress=progress and rank == 0
-    )
+    return calib, val
+
+
+def _backend(cfg) -> str:
+    # the run's loader backend (a synthetic run is evaluated on real images through torch)
+    return cfg.data.backend if cfg.data.backend != "synthetic" else "torch"
+
+
+def _shifting(args, supernet, device, dist):
+    """(the supernet to search, transferred if asked; its ShiftingEvaluator)."""
+    from fastscarlet.data import build_loader
+    from fastscarlet.search.shifting import ShiftingEvaluator, transfer_supernet
+    from fastscarlet.train.checkpoint import load_checkpoint
+
+    lanes = args.shift_parallel or dist.world_size
+    if dist.world_size > 1 and lanes != dist.world_size:
+        raise ValueError(
+            f"under torchrun with {dist.world_size} ranks each rank trains one genome per update: "
+            f"--shift-parallel must be {dist.world_size} (or left out), got {lanes}"
+        )
+    cfg = supernet.config
+    dc = cfg.data
+    root = args.transfer_data or args.data or dc.root
+    if root is None:
+        raise ValueError("no dataset: pass --data PATH (the run's data.root is not set)")
+    batch = args.shift_batch or dc.batch_size
+
+    def train_loader(lane: int, lanes: int):
+        return build_loader(
+            root, "train", _backend(cfg), batch_size=batch, image_size=dc.image_size,
+            crop_scale=(dc.crop_scale_min, 1.0), device=device, num_workers=dc.num_workers,
+            rank=lane, world_size=lanes, seed=args.seed, recipe=dc.recipe,
+        )  # fmt: skip
+
+    if args.transfer_data:
+        classes = train_loader(0, 1).num_classes
+        supernet = transfer_supernet(supernet, classes, args.transfer_data, seed=args.seed)
+        cfg = supernet.config
+    calib, val = _eval_loaders(args, cfg, root, device)
+    if val.num_classes != calib.num_classes:
+        raise ValueError(
+            f"{root}: the training split has {calib.num_classes} classes, the held-out split "
+            f"{val.num_classes}"
+        )
+    source = load_checkpoint(args.supernet, map_location=device)
+    source.pop("model", None)
+    shifter = ShiftingEvaluator(
+        supernet, train_loader, calib, val, steps=args.shift_steps, lr=args.shift_lr,
+        lanes=lanes, calib_batches=args.calib_batches, val_batches=args.eval_batches,
+        source=source, seed=args.seed, progress=not args.no_progress,
+    )  # fmt: skip
+    return supernet, shifter
 
 
 def print_front(space, result) -> None:

@@ -15,6 +15,8 @@
 - :mod:`~fastscarlet.search.archive`: every evaluated genome (the cache);
 - :mod:`~fastscarlet.search.outputs`: ``archive.csv``, ``front.json``, ``history.csv``, plots;
 - :mod:`~fastscarlet.search.evaluators`: accuracy (supernet), MAdds/params, latency, ``combine``;
+- :mod:`~fastscarlet.search.shifting`: Supernet Shifting (the supernet fine-tuned on each new
+  genome's path before it is scored; transfer to a new dataset);
 - :mod:`~fastscarlet.search.problems`: a test problem with an exactly known front.
 
 It reads spaces, costs and evaluators from the stages below; only :mod:`fastscarlet.cli` imports it.
@@ -29,6 +31,7 @@ from fastscarlet.search.evaluators import (
     combine,
 )
 from fastscarlet.search.problems import TableProblem
+from fastscarlet.search.shifting import ShiftingEvaluator, transfer_supernet
 
 __all__ = [
     "AccuracyEvaluator",
@@ -39,6 +42,8 @@ __all__ = [
     "Search",
     "SearchConfig",
     "SearchResult",
+    "ShiftingEvaluator",
     "TableProblem",
     "combine",
+    "transfer_supernet",
 ]

@@ -22,6 +22,14 @@ rank, evaluated there and gathered; every rank runs the same engine from the sam
 rank 0 writes. An evaluator with ``state_dict()``/``load_state_dict()`` (Supernet Shifting's, which
 changes the supernet while it evaluates) has its state saved in the checkpoint too.
 
+**Supernet Shifting** (``SearchConfig.shift``; :mod:`~fastscarlet.search.shifting`): the evaluator
+is (or, through ``combine``, holds) a :class:`~fastscarlet.search.shifting.ShiftingEvaluator` whose
+settings match the config's ``shift_*`` fields. Its evaluations train the supernet, so they are
+collective: every rank is given all new genomes (the shifter splits the work over the ranks and
+returns every result), and after each generation ``out/supernet.pt`` is written (a training
+checkpoint of the shifted supernet), before ``out/checkpoint.pt``, so that it is never older than
+the checkpoint a resume starts from.
+
 **Exact resume.** After every generation ``out/checkpoint.pt`` is written atomically: the
 population, the archive, the generator's state, the controller, the history and the evaluator's
 state, as tensors and plain containers (``torch.load(..., weights_only=True)``). The engine draws
@@ -77,6 +85,7 @@ from fastscarlet.search.operators import (
     sample_population,
 )
 from fastscarlet.search.reinforced import ReinforcedMutation
+from fastscarlet.search.shifting import find_shifter
 from fastscarlet.space import Genome, SearchSpace, get_space
 from fastscarlet.train.checkpoint import load_checkpoint, save_atomic
 
@@ -109,6 +118,13 @@ class SearchConfig:
         weights: MoGA's objective weights (None: :data:`fitness.MOGA_WEIGHTS`).
         seed_genomes: genomes put into the initial population (e.g. the published models).
         progress: show a progress bar per generation.
+        shift: Supernet Shifting (see the module doc); the evaluator must hold a
+            ``ShiftingEvaluator`` built with the ``shift_*`` settings below.
+        shift_steps: training steps on each new genome's path before it is evaluated.
+        shift_lr: the shift's (constant) SGD learning rate.
+        shift_batch: images per shift step (None: whatever the shifter's loader gives).
+        shift_parallel: genomes trained per update (one per rank under torch.distributed; set it
+            to R in one process to reproduce an R-rank run).
     """
 
     population: int = 64
@@ -126,6 +142,12 @@ class SearchConfig:
     weights: Mapping[str, float] | None = None
     seed_genomes: tuple[tuple[int, ...], ...] = ()
     progress: bool = True
+    # Supernet Shifting: the paper's code takes 20 steps per candidate at lr 1e-4 (papers.md 5.5)
+    shift: bool = False
+    shift_steps: int = 20
+    shift_lr: float = 1e-4
+    shift_batch: int | None = None
+    shift_parallel: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.population, int) or self.population < 2:
@@ -147,6 +169,14 @@ class SearchConfig:
         for k, v in self.constraints.items():
             if not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"constraint {k!r} must be a finite number, got {v!r}")
+        for name in ("shift_steps", "shift_parallel", "shift_batch"):
+            v = getattr(self, name)
+            if v is None and name == "shift_batch":
+                continue
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if not (isinstance(self.shift_lr, (int, float)) and 0 < self.shift_lr < math.inf):
+            raise ValueError(f"shift_lr must be a positive number, got {self.shift_lr!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -207,8 +237,12 @@ class _Distributed:
         self.world = dist.get_world_size() if self.on else 1
         self.dist = dist
 
-    def evaluate(self, evaluate: Evaluator, genomes: list[Genome]) -> list[Mapping[str, float]]:
-        if not self.on:
+    def evaluate(
+        self, evaluate: Evaluator, genomes: list[Genome], collective: bool = False
+    ) -> list[Mapping[str, float]]:
+        """Every genome's results; ``collective``: the evaluator is called on every rank with all
+        genomes and splits the work itself (Supernet Shifting)."""
+        if not self.on or collective:
             return list(evaluate(genomes))
         # Sorted order keeps common prefixes on one rank (a prefix-sharing evaluator keeps its
         # savings); contiguous shards of the sorted list, results put back in input order.
@@ -271,6 +305,7 @@ class Search:
         )
         self.seed_genomes = [tuple(g) for g in cfg.seed_genomes]
         self._dist = _Distributed()
+        self.shifter = self._check_shifter()
         self._check_limits()
 
     # -- state -------------------------------------------------------------------------------------
@@ -363,10 +398,11 @@ class Search:
         diffs = []
         for key in mine:
             if key == "config":
+                defaults = SearchConfig().to_dict()  # keys a checkpoint of an older version lacks
                 for k in sorted(set(mine["config"]) | set(saved.get("config", {}))):
                     if k in _RESUMABLE_DIFFERENCES:
                         continue
-                    a, b = saved.get("config", {}).get(k), mine["config"].get(k)
+                    a, b = saved.get("config", {}).get(k, defaults.get(k)), mine["config"].get(k)
                     if a != b:
                         diffs.append(f"{k}: checkpoint {a!r}, this run {b!r}")
             elif saved.get(key) != mine[key]:
@@ -375,6 +411,27 @@ class Search:
             raise ValueError(f"cannot resume from {path}: " + "; ".join(diffs))
 
     # -- objectives --------------------------------------------------------------------------------
+
+    def _check_shifter(self) -> Any:
+        """The evaluator's ShiftingEvaluator, checked against ``config.shift*`` (None: no shift)."""
+        cfg, shifter = self.config, find_shifter(self.evaluate)
+        if shifter is None:
+            if cfg.shift:
+                raise ValueError(
+                    "SearchConfig.shift needs a ShiftingEvaluator (fastscarlet.search.shifting) "
+                    "as the evaluator or among combine()'s evaluators"
+                )
+            return None
+        if not cfg.shift:
+            raise ValueError("the evaluator shifts the supernet: set SearchConfig.shift=True")
+        diffs = [
+            f"{k}: config {getattr(cfg, k)!r}, evaluator {v!r}"
+            for k, v in shifter.settings().items()
+            if getattr(cfg, k) != v and not (k == "shift_batch" and cfg.shift_batch is None)
+        ]
+        if diffs:
+            raise ValueError("the ShiftingEvaluator does not match the config: " + "; ".join(diffs))
+        return shifter
 
     def _check_limits(self) -> None:
         """A bound no genome can meet (when the evaluator knows the range) is an error now."""
@@ -405,7 +462,7 @@ class Search:
     def _evaluate_new(self, genomes: Sequence[Genome], generation: int) -> int:
         new = self.archive.new(genomes)
         if new:
-            results = self._dist.evaluate(self.evaluate, list(new))
+            results = self._dist.evaluate(self.evaluate, list(new), self.shifter is not None)
             self.archive.add(new, results, generation)
         return len(new)
 
@@ -594,6 +651,8 @@ class Search:
             while self.generation + 1 < total:
                 row = self._generation()
                 if out_dir is not None and main:
+                    if self.shifter is not None:
+                        save_atomic(self.shifter.training_checkpoint(), out_dir / "supernet.pt")
                     save_atomic(self.state_dict(), ckpt)
                     outputs.write_history_csv(out_dir / "history.csv", self.history)
                 self._dist.barrier()
