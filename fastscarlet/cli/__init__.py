@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "eval": "fastscarlet.cli.eval",
     "search": "fastscarlet.cli.search",
     "latency-table": "fastscarlet.cli.latency_table",
+    "export": "fastscarlet.cli.export",
 }
 
 
