@@ -46,6 +46,8 @@ from .launch import cdiv, interpreting, launch, next_pow2, num_sms
 
 _META = 13  # int64 fields per GEMM group (see _gemm_meta)
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# 64x32 depthwise tiles: 4 warps needed 254 registers and spilled (tools/aot.py, sm_90); 8 do not.
+DW_WARPS = 8
 
 
 # -- kernels ------------------------------------------------------------------------------------
@@ -305,7 +307,7 @@ def _gemm(
         a, b, c, bias if bias is not None else c, tiles, meta, split_k,
         HAS_BIAS=bias is not None, ATOMIC=accumulate or split_k > 1,
         DOT_F32=a.dtype == torch.float32 and interpreting(a.device),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=2,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=8 if bm * bn >= 8192 else 4, num_stages=2,
     )  # fmt: skip
 
 
@@ -432,7 +434,7 @@ def depthwise_forward(
     launch(
         _grouped_dw_fwd_kernel, (cdiv(n * ho * wo, bp), ctiles.shape[0]),
         xr, weight.to(x.dtype).contiguous(), y, ctiles, cmeta, n * ho * wo, h, w, ho, wo, c,
-        STRIDE=stride, BLOCK_P=bp, BLOCK_C=bc, num_warps=4, num_stages=2,
+        STRIDE=stride, BLOCK_P=bp, BLOCK_C=bc, num_warps=DW_WARPS, num_stages=2,
     )  # fmt: skip
     return _from_rows(y, n, ho, wo)
 
@@ -457,7 +459,7 @@ def depthwise_backward(
         launch(
             _grouped_dw_dx_kernel, (cdiv(n * h * w, bp), ctiles.shape[0]),
             dyr, weight.to(x.dtype).contiguous(), dxr, ctiles, cmeta, n * h * w, h, w, ho, wo, c,
-            STRIDE=stride, BLOCK_P=bp, BLOCK_C=bc, num_warps=4, num_stages=2,
+            STRIDE=stride, BLOCK_P=bp, BLOCK_C=bc, num_warps=DW_WARPS, num_stages=2,
         )  # fmt: skip
         dx = _from_rows(dxr, n, h, w)
     if need_w:
@@ -472,7 +474,7 @@ def depthwise_backward(
         launch(
             _grouped_dw_dw_kernel, (cdiv(npix, per), ctiles.shape[0]),
             dyr, _rows(x), dw32, ctiles, cmeta, npix, h, w, ho, wo, c, per,
-            STRIDE=stride, BLOCK_P=bp, BLOCK_C=bc, num_warps=4, num_stages=1,
+            STRIDE=stride, BLOCK_P=bp, BLOCK_C=bc, num_warps=DW_WARPS, num_stages=1,
         )  # fmt: skip
         dw = dw32.to(weight.dtype)
     return dx, dw

@@ -209,3 +209,49 @@ def test_grouped_kernels_within_the_gpu_budget(dtype):
         out = _grads(fn, [t.to(dtype) for t in args], dy.to(dtype))
         for name, a, b, c in zip(("y", "dx", "dw"), out, lo, hi):
             assert_within_budget(name, a, b, c, dtype)
+
+
+@pytest.mark.slow
+def test_grouped_kernels_compile_for_sm90_without_spills():
+    """Every grouped kernel a SCARLET-like layer launches (bf16, 12 groups, k 3/5/7, stride 2,
+    forward and backward, and the SE convs with bias) compiles for sm_90 with Triton's ptxas and
+    keeps its tile in registers: 4 warps on the 128x64 GEMM tile and the 64x32 depthwise tiles
+    spilled, 8 do not."""
+    pytest.importorskip("triton")
+    from aot import compile_launch, unique
+
+    from fastscarlet.kernels.grouped import (
+        depthwise_backward,
+        depthwise_forward,
+        pointwise_backward,
+        pointwise_forward,
+    )
+    from fastscarlet.kernels.launch import record_launches
+
+    meta, dt = torch.device("meta"), torch.bfloat16
+    hidden = [96, 96, 96, 192, 192, 192] * 2
+    pg = PointwiseGroups.packed([32] * 12, hidden, [32 * j for j in range(12)])
+    dg = DepthwiseGroups.packed(hidden, [3, 5, 7] * 4)
+    se = PointwiseGroups.packed([8, 8], [4, 4], bias=True)
+
+    def empty(*shape):
+        t = torch.empty(*shape, device=meta, dtype=dt)
+        return t.contiguous(memory_format=CL) if len(shape) == 4 else t
+
+    with record_launches() as launches:
+        x, w = empty(8, 32 * 12, 28, 28), empty(sum(h * 32 for h in hidden))
+        y = pointwise_forward(x, w, pg, None)
+        pointwise_backward(torch.empty_like(y), x, w, pg, True, True)
+        h = empty(8, sum(hidden), 28, 28)
+        wd = empty(sum(c * k * k for c, k in zip(hidden, [3, 5, 7] * 4)))
+        depthwise_backward(
+            torch.empty_like(depthwise_forward(h, wd, dg, 2)), h, wd, dg, 2, True, True
+        )
+        pointwise_forward(empty(8, 16, 1, 1), empty(64), se, torch.empty(8, device=meta))
+    compiled = [compile_launch(launch) for launch in unique(launches)]
+    assert {c.name for c in compiled} == {
+        "_grouped_gemm_kernel", "_grouped_dw_fwd_kernel", "_grouped_dw_dx_kernel",
+        "_grouped_dw_dw_kernel",
+    }  # fmt: skip
+    spills = {f"{c.name} [{c.constexprs}]": c.spill_bytes for c in compiled if c.spill_bytes}
+    assert not spills, spills
