@@ -112,8 +112,8 @@ def _grouped_gemm_kernel(
 
 @triton.jit
 def _dw_tile(ctiles_ptr, cmeta_ptr, BLOCK_C: tl.constexpr):
-    """Channel tile ``pid1``: its channels, their mask, the group's first channel, kernel size and
-    weight offset (``cmeta[g] = (start, channels, k, w_off)``)."""
+    """Channel tile ``pid1``: its channels, their mask, the group's kernel size and padding, and
+    where each channel's ``k x k`` weights start (``cmeta[g] = (start, channels, k, w_off)``)."""
     pid_c = tl.program_id(1)
     g = tl.load(ctiles_ptr + 2 * pid_c)
     c0 = tl.load(ctiles_ptr + 2 * pid_c + 1)
@@ -123,7 +123,16 @@ def _dw_tile(ctiles_ptr, cmeta_ptr, BLOCK_C: tl.constexpr):
     w_off = tl.load(cmeta_ptr + 4 * g + 3)
     c = c0 + tl.arange(0, BLOCK_C)
     c_ok = c < cg + n_c
-    return c, c_ok, cg, kg, w_off
+    return c, c_ok, kg, kg // 2, w_off + (c - cg) * (kg * kg)
+
+
+@triton.jit
+def _nhw(p, H, W):
+    """Image, row and column of the flat pixel indices ``p`` of an ``[N, H, W]`` grid."""
+    n = p // (H * W)
+    rem = p - n * (H * W)
+    h = rem // W
+    return n, h, rem - h * W
 
 
 @triton.jit
@@ -132,15 +141,10 @@ def _grouped_dw_fwd_kernel(
     STRIDE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """Output pixels ``[pid0 * BLOCK_P, +BLOCK_P)`` (of ``N*Ho*Wo``) x the channel tile ``pid1``."""
-    c, c_ok, cg, kg, w_off = _dw_tile(ctiles_ptr, cmeta_ptr, BLOCK_C)
+    c, c_ok, kg, pad, wrow = _dw_tile(ctiles_ptr, cmeta_ptr, BLOCK_C)
     p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = p < NPIX
-    n = p // (Ho * Wo)
-    rem = p - n * (Ho * Wo)
-    ho = rem // Wo
-    wo = rem - ho * Wo
-    pad = kg // 2
-    wrow = w_off + (c - cg) * (kg * kg)
+    n, ho, wo = _nhw(p, Ho, Wo)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for i in range(0, kg):
         hi = ho * STRIDE - pad + i
@@ -168,15 +172,10 @@ def _grouped_dw_dx_kernel(
     STRIDE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """Input pixels ``[pid0 * BLOCK_P, +BLOCK_P)`` (of ``N*H*W``) x the channel tile ``pid1``."""
-    c, c_ok, cg, kg, w_off = _dw_tile(ctiles_ptr, cmeta_ptr, BLOCK_C)
+    c, c_ok, kg, pad, wrow = _dw_tile(ctiles_ptr, cmeta_ptr, BLOCK_C)
     p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = p < NPIX
-    n = p // (H * W)
-    rem = p - n * (H * W)
-    h = rem // W
-    w = rem - h * W
-    pad = kg // 2
-    wrow = w_off + (c - cg) * (kg * kg)
+    n, h, w = _nhw(p, H, W)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for i in range(0, kg):
         th = h + pad - i
@@ -207,21 +206,16 @@ def _grouped_dw_dw_kernel(
 ):  # fmt: skip
     """Output pixels ``[pid0 * PIX_PER_PROG, +PIX_PER_PROG)`` x the channel tile ``pid1``: every
     tap's partial weight gradient of those pixels, added to ``dw`` (fp32) with one atomic."""
-    c, c_ok, cg, kg, w_off = _dw_tile(ctiles_ptr, cmeta_ptr, BLOCK_C)
+    c, c_ok, kg, pad, wrow = _dw_tile(ctiles_ptr, cmeta_ptr, BLOCK_C)
     p_lo = tl.program_id(0).to(tl.int64) * PIX_PER_PROG
     p_hi = tl.minimum(NPIX, p_lo + PIX_PER_PROG)
-    pad = kg // 2
-    wrow = w_off + (c - cg) * (kg * kg)
     for i in range(0, kg):
         for j in range(0, kg):
             acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
             for p0 in range(p_lo, p_hi, BLOCK_P):
                 p = p0 + tl.arange(0, BLOCK_P)
                 p_ok = p < p_hi
-                n = p // (Ho * Wo)
-                rem = p - n * (Ho * Wo)
-                ho = rem // Wo
-                wo = rem - ho * Wo
+                n, ho, wo = _nhw(p, Ho, Wo)
                 hi = ho * STRIDE - pad + i
                 wi = wo * STRIDE - pad + j
                 ok = p_ok & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
