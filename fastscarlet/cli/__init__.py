@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> module; the order is the order of ``fastscarlet --help``.
@@ -39,7 +40,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exit status when the reader of stdout went away (`fastscarlet models | head`): 128 + SIGPIPE, what
+# a Unix tool killed by SIGPIPE reports.
+EXIT_BROKEN_PIPE = 128 + 13
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:  # inside the handler below, also for --help's SystemExit
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Quietly, as Unix tools do; stdout goes to /dev/null so that the interpreter's final
+        # flush does not raise again ("Exception ignored ... BrokenPipeError").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 HELP = "evaluate paths of a trained supernet (random, or given genomes) with BN recalibration"
 
@@ -22,10 +23,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random paths")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (on stderr) over the paths"
+    )
+
+
+def _at_least_one(args: argparse.Namespace, *flags: str) -> None:
+    for flag in flags:
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+
+
+def _note_short(flag: str, asked: int | None, loader, split: str) -> None:
+    """Say so when a batch limit asks for more batches than the split has (all are used)."""
+    if asked is not None and asked > len(loader):
+        print(
+            f"fastscarlet eval: note: {flag} {asked}, but the {split} split has only "
+            f"{len(loader)} batches of {loader.batch_size} ({loader.num_samples} images): "
+            f"using all {len(loader)}",
+            file=sys.stderr,
+        )
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
+    from tqdm import tqdm
 
     from fastscarlet.data import build_loader
     from fastscarlet.env import resolve_device
@@ -33,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from fastscarlet.space import random_genome, validate_genome
     from fastscarlet.train.checkpoint import load_supernet
 
+    _at_least_one(args, "--paths", "--calib-batches", "--val-batches", "--batch-size")
     device = resolve_device(args.device)
     model = load_supernet(args.checkpoint, map_location=device)
     space, cfg = model.space, model.config
@@ -49,15 +73,27 @@ def run(args: argparse.Namespace) -> int:
     # The run's loader backend (a synthetic run is evaluated on real images through torch).
     backend = dc.backend if dc.backend != "synthetic" else "torch"
     batch = dc.eval_batch_size if args.batch_size is None else args.batch_size
-    if batch < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch}")
     # Recalibration reads training images with the eval transform (no augmentation noise).
     calib = build_loader(
         root, "train", backend, batch_size=batch, augment=False, shuffle=True,
         **common,
     )  # fmt: skip
     val = build_loader(root, "val", backend, batch_size=batch, **common)
-    results = evaluate_paths(model, genomes, calib, val, args.calib_batches, args.val_batches)
+    outputs = cfg.space.num_classes
+    for loader, split in ((calib, "training"), (val, "validation")):
+        if loader.num_classes > outputs:
+            raise ValueError(
+                f"the {split} data at {root} has {loader.num_classes} classes, but the checkpoint's "
+                f"network has {outputs} outputs (its run's space.num_classes): pass --data with "
+                "the dataset it was trained on"
+            )
+    _note_short("--calib-batches", args.calib_batches, calib, "training")
+    _note_short("--val-batches", args.val_batches, val, "validation")
+    results = []
+    progress = tqdm(genomes, desc="paths", unit="path", disable=args.no_progress, file=sys.stderr)
+    for g in progress:  # one path at a time: recalibrate its BN, then evaluate it
+        results += evaluate_paths(model, [g], calib, val, args.calib_batches, args.val_batches)
+        progress.set_postfix(top1=f"{results[-1].top1:.2f}")
     rows = [
         {"genome": list(g), "top1": r.top1, "top5": r.top5, "loss": r.loss, "images": r.images}
         for g, r in zip(genomes, results)

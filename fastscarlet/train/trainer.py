@@ -16,6 +16,16 @@ for the same learning rate, so a learning rate and a clipping threshold tuned fo
 training are 13x too large for them; with ``mean`` every parameter moves on the scale of one batch
 gradient, the shared ones with ``m``-fold lower variance, and recipes transfer between samplers.
 
+**Bad steps.** A step is good when its losses, its gradient norm and the updated weights are all
+finite and no weight has grown past ``DIVERGED_WEIGHT``: BN after most convs keeps the loss finite
+while weights run away (1e29 were seen), so checking the loss alone let a diverged state be saved as
+"the last good checkpoint". A bad step raises :class:`NonFiniteLossError` before anything is saved.
+
+**Stopping.** SIGINT/SIGTERM finish the current step, write ``last.pt`` and return
+``stopped_by_signal``; ``fastscarlet train`` then exits with 128 + the signal (130, 143), as shells
+and schedulers expect of a job that did not finish, and prints how to resume. Temporaries of a save
+that was killed (SIGKILL cannot clean up) are removed when the next run starts.
+
 Checkpoints (``OUT/last.pt``, optionally ``OUT/step_<n>.pt``) hold the model, optimizer, scheduler,
 grad scaler, sampler and RNG states, the data position and the step, as tensors and plain containers
 (``torch.load(..., weights_only=True)``), written atomically. ``resume=True`` continues exactly:
@@ -43,6 +53,7 @@ from fastscarlet.train.checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng,
     check_format,
+    clean_stale_temporaries,
     load_checkpoint,
     load_state_checked,
     restore_rng,
@@ -61,6 +72,11 @@ from fastscarlet.train.optim import WarmupCosineLR, build_sgd
 from fastscarlet.train.samplers import make_sampler
 
 REFERENCE_BATCH = 128  # optim.lr is given for this global batch per path (linear scaling)
+# A weight or BN statistic past this magnitude means the run diverged. Healthy ones are O(1)
+# (measured: |w| <= 1.56 at SCARLET's init; after 20 steps of the tests' tiny run at lr 0.1,
+# |w| <= 2.2 and BN statistics <= 4.4). fp32 BN still normalises far larger weights (its variance
+# overflows only near 1e19), so the loss alone stays finite while the weights run away.
+DIVERGED_WEIGHT = 1e6
 
 # Config keys that must agree between a checkpoint and the run resuming it.
 RESUME_KEYS = (
@@ -77,7 +93,8 @@ RESUME_KEYS = (
 
 
 class NonFiniteLossError(RuntimeError):
-    """Raised when a path's loss is NaN or inf; the last good checkpoint is left untouched."""
+    """Raised when a step's loss or gradient is NaN or inf, or its update makes a weight NaN, inf or
+    larger than ``DIVERGED_WEIGHT``; the last good checkpoint is left untouched."""
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -146,10 +163,17 @@ class SupernetTrainer:
                 f"each of {self.dist.world_size} rank(s), but one {cfg.sampler.name} step needs "
                 f"{self.paths_per_step}: use a smaller data.batch_size"
             )
+        self._check_classes()
         self.steps_per_epoch = batches // self.paths_per_step
-        self.total_steps = tc.max_steps or math.ceil(tc.epochs * self.steps_per_epoch)
+        if tc.max_steps is not None:
+            self.total_steps = tc.max_steps
+        else:
+            self.total_steps = math.ceil(tc.epochs * self.steps_per_epoch)
         if self.total_steps < 1:
-            raise ValueError("nothing to train: train.epochs and train.max_steps give 0 steps")
+            raise ValueError(
+                f"nothing to train: train.epochs={tc.epochs:g} and train.max_steps={tc.max_steps} "
+                "give 0 steps"
+            )
 
         oc = cfg.optim
         self.global_batch = cfg.data.batch_size * self.dist.world_size
@@ -204,6 +228,15 @@ class SupernetTrainer:
             verify=dc.verify,
             num_classes=self.cfg.space.num_classes if dc.backend == "synthetic" else None,
         )
+
+    def _check_classes(self) -> None:
+        """Labels past the network's outputs would fail inside the loss, mid-step: say so now."""
+        have, outputs = self.loader.num_classes, self.cfg.space.num_classes
+        if have > outputs:
+            raise ValueError(
+                f"the training data has {have} classes ({self.cfg.data.root}) but the network has "
+                f"space.num_classes={outputs} outputs: set space.num_classes={have}"
+            )
 
     # -- checkpoints -------------------------------------------------------------------------------
 
@@ -308,10 +341,33 @@ class SupernetTrainer:
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
         else:
             norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        # fp16's scaler skips steps with inf gradients itself; without it they would reach the
+        # weights. The gradients are all-reduced by now, so every rank decides the same.
+        if not self.scaler.is_enabled() and not bool(torch.isfinite(norm)):
+            raise NonFiniteLossError(
+                f"non-finite gradient norm ({float(norm)}) at step {self.step + 1}; stopped "
+                f"without updating. The last good checkpoint is {self.out / 'last.pt'}"
+            )
         self.scaler.step(opt)
         self.scaler.update()
         self.scheduler.step()
+        self._check_weights()
         return {"loss": float(loss_t.mean()), "grad_norm": float(norm)}
+
+    def _check_weights(self) -> None:
+        """After an update: every parameter and buffer finite, no weight past ``DIVERGED_WEIGHT``.
+        Weights and buffers are the same on every rank (synchronised), so every rank decides the
+        same without another collective."""
+        tensors = [p.detach() for p in self.model.parameters()]
+        tensors += [b for b in self.model.buffers() if b.is_floating_point()]
+        peak_value = float(torch.stack(torch._foreach_norm(tensors, float("inf"))).max())
+        if not peak_value <= DIVERGED_WEIGHT:
+            raise NonFiniteLossError(
+                f"training diverged at step {self.step + 1}: a weight or BN statistic reached "
+                f"{peak_value:.3g} (healthy ones stay O(1); the limit is {DIVERGED_WEIGHT:g}). "
+                f"Nothing was saved: the last good checkpoint is {self.out / 'last.pt'}; lower "
+                "optim.lr, or set optim.grad_clip"
+            )
 
     # -- the loop ----------------------------------------------------------------------------------
 
@@ -340,7 +396,8 @@ class SupernetTrainer:
         """Train until ``total_steps`` (or ``until_step``, for training in chunks); checkpoint every
         ``checkpoint_every`` steps and at the end.
 
-        SIGINT/SIGTERM finish the current step, write ``last.pt`` and return.
+        SIGINT/SIGTERM finish the current step, write ``last.pt`` and return (the summary's
+        ``stopped_by_signal`` is the signal's number, else None).
         """
         tc = self.cfg.train
         stop_at = self.total_steps if until_step is None else min(until_step, self.total_steps)
@@ -349,6 +406,12 @@ class SupernetTrainer:
             self.out, self.total_steps, self.step, self.dist.is_main, tc.tensorboard, tc.progress
         )
         if self.dist.is_main:
+            stale = clean_stale_temporaries(self.out)
+            if stale:
+                monitor.message(
+                    f"removed {len(stale)} temporary file(s) of a checkpoint save that was killed: "
+                    f"{', '.join(p.name for p in stale)}"
+                )
             (self.out / "config.yaml").write_text(dump_config(self.cfg))
             monitor.message(
                 f"training {self.space.name} supernet: {self.cfg.sampler.name} ({m} path(s)/step), "
@@ -406,5 +469,6 @@ class SupernetTrainer:
             "step": self.step,
             "epoch": self.epoch,
             "corrupt_images": self.loader.num_skipped,
+            "stopped_by_signal": self._stop_signal,
             **last_stats,
         }
