@@ -58,6 +58,7 @@ class SpaceConfig:
     let_init: str = "conv"  # conv | identity
     zero_init_residual: bool = False  # residual MBConvs start as the identity (bn3 gamma = 0)
     stem_stride: int | None = None  # None: the space's (2); 1 for 32x32 inputs (CIFAR recipe)
+    aligned_init: bool = False  # every choice of a layer starts as the same function (SuperNet)
     width: float = 1.0  # channel multiplier (space.scale_width); < 1 for small machines (demo)
 
 

@@ -14,6 +14,7 @@ import sys
 
 # name -> module; the order is the order of ``fastscarlet --help``.
 COMMANDS: dict[str, str] = {
+    "demo": "fastscarlet.cli.demo",
     "info": "fastscarlet.cli.info",
     "models": "fastscarlet.cli.models",
     "prepare": "fastscarlet.cli.prepare",

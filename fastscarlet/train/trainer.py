@@ -144,6 +144,7 @@ class SupernetTrainer:
             share_se=cfg.space.share_se,
             let_init=cfg.space.let_init,
             zero_init_residual=cfg.space.zero_init_residual,
+            aligned_init=cfg.space.aligned_init,
         )
         # channels_last on the CPU too: oneDNN's depthwise convs ran a width-0.25 SCARLET
         # strict-fairness step 3.3x faster in it (28x28 inputs, batch 64; benchmarks/RESULTS.md)
@@ -392,9 +393,28 @@ class SupernetTrainer:
     def _on_signal(self, signum, frame) -> None:
         self._stop_signal = signum
 
-    def fit(self, until_step: int | None = None) -> dict[str, Any]:
+    def _fit_deadline(
+        self, deadline: float, t_fit: float, step_fit: int, stop_at: int, monitor: Monitor
+    ) -> int:
+        """The step to stop at so that the run ends by ``deadline`` at the speed measured since
+        ``t_fit``; shortens ``total_steps`` and the schedule when that is earlier."""
+        now = time.monotonic()
+        per_step = (now - t_fit) / max(1, self.step - step_fit)
+        fits = self.step + max(0, int((deadline - now) / per_step))
+        if fits < self.total_steps:
+            self.total_steps = max(self.step, fits)
+            self.scheduler.total_steps = max(1, self.total_steps)
+            monitor.set_total(self.total_steps)
+        return min(stop_at, self.total_steps)
+
+    def fit(self, until_step: int | None = None, deadline: float | None = None) -> dict[str, Any]:
         """Train until ``total_steps`` (or ``until_step``, for training in chunks); checkpoint every
         ``checkpoint_every`` steps and at the end.
+
+        ``deadline`` (a ``time.monotonic()`` value) budgets the run by wall-clock time: after each
+        step the run is shortened, if needed, to the steps that the speed measured so far fits
+        before the deadline, and the LR schedule's length with it (the cosine then ends at the new
+        last step). Used by ``fastscarlet demo``; a resumed run's schedule follows its config.
 
         SIGINT/SIGTERM finish the current step, write ``last.pt`` and return (the summary's
         ``stopped_by_signal`` is the signal's number, else None).
@@ -425,6 +445,7 @@ class SupernetTrainer:
         except ValueError:  # not the main thread
             old_handlers = {}
         corrupt_seen = self._check_corrupt(0)
+        t_fit, step_fit = time.monotonic(), self.step
         t_last, imgs = time.perf_counter(), 0
         last_stats: dict[str, float] = {}
         try:
@@ -443,6 +464,8 @@ class SupernetTrainer:
                     self.batch_in_epoch += m
                     imgs += sum(int(b[0].shape[0]) for b in batches) * self.dist.world_size
                     monitor.advance()
+                    if deadline is not None:
+                        stop_at = self._fit_deadline(deadline, t_fit, step_fit, stop_at, monitor)
                     if self.step % tc.log_every == 0 or self.step == self.total_steps:
                         now = time.perf_counter()
                         monitor.log(
