@@ -259,3 +259,21 @@ def test_real_jpeg_loaders(tmp_path, net):
     ev = PopulationEvaluator(net, calib, val, 3, channels_last=False)
     assert ev.evaluate(genomes) == evaluate_paths(net, genomes, calib, val, 3)
     assert ev.calib.reads == ev.val.reads == 1
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_shared_se_weights(grouped):
+    """share_se: an SE choice runs the convs and BNs of its non-SE twin; siblings E2K3 and
+    E2K3SE under one prefix use the same BN modules with statistics of their own."""
+    torch.manual_seed(0)
+    net = SuperNet("tiny", share_se=True)
+    randomize_bn(net, torch.Generator().manual_seed(1))
+    genomes = [(0, 0, 0), (0, 0, 2), (0, 2, 0), (0, 2, 2), (1, 3, 1)]
+    calib, val = Batches(2, 6, seed=5), Batches(2, 7, seed=6)
+    want = evaluate_paths(net, genomes, calib, val, 2, None)
+    ev = PopulationEvaluator(net, calib, val, 2, None, channels_last=False, group_siblings=grouped)
+    got = ev.evaluate(genomes)
+    if grouped:
+        _same_counts(got, want)
+    else:
+        assert got == want
