@@ -4,9 +4,14 @@ that other processes cannot inflate.
 :func:`measure_ms` times a list of callables the way latency tables need (see
 :mod:`fastscarlet.cost.latency`): each callable is warmed up, then timed in ``rounds`` sweeps over
 all of them in a fresh random order (interleaved, so a burst of load from another process spreads
-over many entries instead of biasing one), each sample averaging enough calls to last
-``min_sample_ms``; an entry's time is the median over its sweeps, and the minimum of those medians
-over ``passes`` repeats (noise only ever adds time).
+over many entries instead of biasing one), each sample preceded by one untimed call and averaging
+enough calls to last ``min_sample_ms``; an entry's time is the median over its sweeps, and the
+minimum of those medians over ``passes`` repeats (noise only ever adds time).
+
+The untimed call makes every sample a steady-state one, as when a network runs again and again:
+without it, a callable met its weights evicted by the hundreds of others of the sweep, and MoGA
+subnets at 32x32 timed among a table's 170 blocks took 11-13 ms where the same kind of subnets
+timed among 3 others took 8-10 ms.
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ def measure_ms(
             for p in range(passes):
                 for r in range(rounds):
                     for i in rng.permutation(len(fns)):
+                        fns[i]()  # untimed: this callable's weights and input back in cache
                         samples[p, r, i] = _time_calls(fns[i], device, now, inner[i])
                     if bar is not None:
                         bar.update(1)
