@@ -21,20 +21,10 @@ import numpy as np
 import torch
 
 from fastscarlet.cost import CostModel, count_by_hooks
+from fastscarlet.cost.timing import device_name
 from fastscarlet.nn.network import build_network
 from fastscarlet.space import get_space
 from fastscarlet.space.genome import random_genome
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -70,7 +60,8 @@ def main() -> None:
         "CostModel.batch(genomes)": batch,
         "build + hook count": hooks,
     }
-    print(f"space={args.space} n={args.n} cpu={_cpu_name()}")
+    cpu = device_name(torch.device("cpu"))
+    print(f"space={args.space} n={args.n} cpu={cpu}")
     print(f"{'method':<28} {'genomes/s':>12} {'vs hooks':>10}")
     for name, rate in rates.items():
         print(f"{name:<28} {rate:>12,.0f} {rate / hooks:>9,.0f}x")
@@ -78,7 +69,7 @@ def main() -> None:
         result = {
             "env": {
                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                "cpu": _cpu_name(),
+                "cpu": cpu,
                 "nproc": os.cpu_count(),
                 "loadavg_before": list(load_before),
                 "loadavg_after": list(os.getloadavg()),

@@ -53,7 +53,7 @@ from fastscarlet.nn.network import (
     build_stem,
 )
 from fastscarlet.space import SearchSpace, random_genome, to_readable, validate_genome
-from fastscarlet.space.serialize import space_from_dict, space_to_dict
+from fastscarlet.space.serialize import load_json, space_from_dict, space_to_dict
 
 TABLE_FORMAT = "fastscarlet.latency/1"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -319,13 +319,7 @@ def save_table(table: dict[str, Any], path: str | os.PathLike) -> Path:
 
 def load_table(path: str | os.PathLike) -> dict[str, Any]:
     """Read a table written by :func:`save_table` (named errors for a missing or foreign file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"latency table not found: {path}")
-    try:
-        table = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not a latency table (not JSON: {exc})") from None
+    table = load_json(path, "latency table")
     _check_table(table, str(path))
     return table
 

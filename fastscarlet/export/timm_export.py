@@ -49,6 +49,7 @@ from fastscarlet.export.optional import require
 from fastscarlet.nn.network import Network
 from fastscarlet.nn.stabilizer import LinearStabilizer
 from fastscarlet.space import SearchSpace, validate_genome
+from fastscarlet.space.serialize import load_json
 
 TIMM_FORMAT = "fastscarlet.timm/1"
 _TAG = {"relu": "re", "relu6": "r6", "hswish": "hs", "swish": "sw"}
@@ -314,14 +315,9 @@ def save_timm(network: Network, path: str | os.PathLike) -> tuple[Path, Path]:
 
 def load_timm(path: str | os.PathLike) -> nn.Module:
     """The timm model :func:`save_timm` wrote (eval mode), built by timm alone."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"timm export not found: {path}")
-    try:
-        spec = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not a fastscarlet timm export (not JSON: {exc})") from None
+    spec = load_json(path, "fastscarlet timm export")
     model = build_timm(spec)
-    state = torch.load(path.parent / spec["weights"], map_location="cpu", weights_only=True)
+    weights = Path(path).parent / spec["weights"]
+    state = torch.load(weights, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.eval()

@@ -9,17 +9,12 @@ is JSON-serialisable and loadable by ``torch.load(..., weights_only=True)``.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+from pathlib import Path
 from typing import Any
 
-from fastscarlet.space.spaces import (
-    Choice,
-    FirstBlock,
-    Head,
-    Layer,
-    SearchSpace,
-    SEConfig,
-    Stem,
-)
+from fastscarlet.space.spaces import Choice, FirstBlock, Head, Layer, SearchSpace, SEConfig, Stem
 
 SPACE_FORMAT = "fastscarlet.space/1"
 
@@ -79,3 +74,15 @@ def space_from_dict(data: dict[str, Any]) -> SearchSpace:
         return SearchSpace(**kwargs)
     except TypeError as exc:
         raise ValueError(f"malformed search space: {exc}") from None
+
+
+def load_json(path: str | os.PathLike, what: str) -> Any:
+    """The JSON content of ``path``: ``FileNotFoundError`` or ``ValueError`` naming ``what`` the
+    file should have been (``"latency table"``, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a {what} (not JSON: {exc})") from None
