@@ -21,6 +21,7 @@ number carries the small optimism of having picked among a handful of front memb
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -52,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int,
         help="torch threads (default: the cores not used by the loader's worker)",
     )  # fmt: skip
-    parser.add_argument("--force", action="store_true", help="replace an existing DIR")
+    parser.add_argument("--force", action="store_true", help="delete and replace an existing DIR")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,10 +64,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.budget_minutes > 0:
         raise ValueError(f"--budget-minutes must be positive, got {args.budget_minutes}")
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise FileExistsError(
-            f"{out} is not empty: pass --force to replace it, or choose another --out"
-        )
+    if out.exists() and any(out.iterdir()):
+        if not args.force:
+            raise ValueError(
+                f"{out} is not empty: pass --force to replace it, or choose another --out"
+            )
+        import shutil
+
+        shutil.rmtree(out)
     device = resolve_device(args.device)
     recipe = CONFIGS / ("demo_gpu.yaml" if device.type == "cuda" else "demo_cpu.yaml")
     workers = 1 if device.type == "cpu" else 8
@@ -78,11 +83,11 @@ def run(args: argparse.Namespace) -> int:
 
     with clock("data"):
         root = Path(args.data) if args.data else ensure_fashion_mnist(Path("runs/fashion-mnist"))
-        num_classes = count_classes(root)
+        fitted = data_values(root, device, recipe)
     left = budget - clock.total()
 
     with clock("train"):
-        ckpt = train_supernet(root, num_classes, out / "supernet", recipe, device, workers,
+        ckpt = train_supernet(root, fitted, out / "supernet", recipe, device, workers,
                               args.seed, SHARES["train"] * left)  # fmt: skip
     with clock("search"):
         search_dir = out / "search"
@@ -92,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         chosen = export_chosen(ckpt, result, out / "models", device, budget - clock.total())
     with clock("report"):
         summary = write_report(out, root, device, result, space, image_size, chosen, clock)
+    summary["seconds"] = dict(clock.seconds)  # with the report's own time (the page has the rest)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print_front(summary)
     print(f"report: {(out / 'report.html').resolve()}")
     return 0
@@ -143,14 +150,42 @@ def ensure_fashion_mnist(root: Path) -> Path:
     return root
 
 
-def count_classes(root: Path) -> int:
-    from fastscarlet.data import resolve_split
+def inspect_data(root: Path) -> tuple[int, int, int]:
+    """(classes, training images, side of the first training image) of an ImageFolder tree."""
+    from PIL import Image
 
-    train = resolve_split(root, "train")
-    classes = [p for p in train.iterdir() if p.is_dir()]
-    if len(classes) < 2:
-        raise ValueError(f"{train} has {len(classes)} class folder(s); a classifier needs >= 2")
-    return len(classes)
+    from fastscarlet.data import resolve_split, scan_image_folder
+
+    files = scan_image_folder(resolve_split(root, "train"), verify="none")
+    if len(files.classes) < 2:
+        raise ValueError(
+            f"{resolve_split(root, 'train')} has {len(files.classes)} class folder(s); "
+            "a classifier needs at least 2"
+        )
+    with Image.open(files.paths[0]) as im:
+        side = min(im.size)
+    return len(files.classes), len(files), side
+
+
+def data_values(root: Path, device: Any, recipe: Path, paths_per_step: int = 13) -> dict:
+    """Config values that fit the recipe to the data: its classes, an input size from its images
+    (their own size up to 64 on a CPU, 224 on a GPU; larger images are resized by the imagenet
+    recipe) and a batch small enough for two strict-fairness steps per epoch."""
+    from fastscarlet.config import load_config
+
+    classes, images, side = inspect_data(root)
+    cap = 224 if device.type == "cuda" else 64
+    size = min(side, cap)
+    batch = load_config(recipe).data.batch_size
+    batch = max(1, min(batch, images // (2 * paths_per_step)))
+    values: dict[str, Any] = {
+        "space.num_classes": classes,
+        "data.image_size": size,
+        "data.batch_size": batch,
+    }
+    if side > cap:
+        values["data.recipe"] = "imagenet"
+    return values
 
 
 # -- train -----------------------------------------------------------------------------------------
@@ -188,7 +223,7 @@ def probe_step_seconds(cfg: Any, device: Any, steps: int = 3) -> float:
 
 
 def train_supernet(
-    root: Path, num_classes: int, out: Path, recipe: Path, device: Any, workers: int,
+    root: Path, fitted: dict[str, Any], out: Path, recipe: Path, device: Any, workers: int,
     seed: int, seconds: float,
 ) -> Path:  # fmt: skip
     """Train for ``seconds``: as many steps as the speed measured here fits (at most 30 epochs),
@@ -198,8 +233,8 @@ def train_supernet(
 
     t0 = time.monotonic()
     values = {
+        **fitted,
         "data.root": str(root),
-        "space.num_classes": num_classes,
         "data.num_workers": workers,
         "train.out": str(out),
         "train.seed": seed,
@@ -235,7 +270,9 @@ def search_loaders(supernet: Any, root: Path, device: Any, seed: int, val_images
         image_size=dc.image_size, device=device, num_workers=0, recipe=dc.recipe, seed=seed,
         batch_size=dc.eval_batch_size,
     )  # fmt: skip
-    calib = build_loader(root, "train", "torch", augment=False, shuffle=True, **common)
+    calib = build_loader(
+        root, "train", "torch", augment=False, shuffle=True, drop_last=False, **common
+    )
     val = build_loader(root, "val", "torch", subset=val_images, **common)
     return calib, val
 
@@ -398,7 +435,6 @@ def write_report(
     out: Path, root: Path, device: Any, result: Any, space: Any, image_size: int,
     chosen: list[dict[str, Any]], clock: Clock,
 ) -> dict[str, Any]:  # fmt: skip
-    import json
     import shutil
 
     from fastscarlet.cli import _report
