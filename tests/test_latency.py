@@ -15,6 +15,7 @@ from fastscarlet.cost import LatencyModel
 from fastscarlet.cost.latency import (
     build_latency_table,
     deploy_network,
+    identity_form,
     load_table,
     save_table,
     spearman,
@@ -22,7 +23,7 @@ from fastscarlet.cost.latency import (
 )
 from fastscarlet.cost.timing import measure_ms
 from fastscarlet.nn import LinearStabilizer
-from fastscarlet.space import random_genome
+from fastscarlet.space import get_space, random_genome
 
 FAST = dict(rounds=2, passes=1, warmup=1, calib_subnets=3, progress=False)
 
@@ -65,6 +66,10 @@ def test_deployed_network_keeps_the_let_only_where_identity_changes_the_shape():
     assert isinstance(net.blocks[0], LinearStabilizer)
     assert isinstance(net.blocks[1], nn.Identity) and isinstance(net.blocks[2], nn.Identity)
     assert not net.training
+    # SCARLET with identity everywhere: strided layers and the stride-1 widenings 80->96, 192->320.
+    scarlet = get_space("scarlet", identity="all")
+    lets = [i for i in range(scarlet.num_layers) if identity_form(scarlet, i) == "let"]
+    assert lets == [0, 2, 6, 10, 14, 18]
 
 
 def test_model_is_the_sum_of_parts_plus_the_measured_overhead(table, tmp_path):
