@@ -95,6 +95,8 @@ setup(
         "dali": ["nvidia-dali-cuda130>=2.0"],
         "triton": ["triton>=3.0"],
         "tensorboard": ["tensorboard>=2.10"],
+        # fastscarlet export --format onnx|timm, and the latency validation plot
+        "export": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "timm>=1.0", "matplotlib"],
     },
     entry_points={"console_scripts": ["fastscarlet=fastscarlet.cli:main"]},
     zip_safe=False,

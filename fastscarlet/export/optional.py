@@ -16,5 +16,6 @@ def require(module: str, purpose: str, package: str | None = None) -> ModuleType
         package = package or module.split(".")[0]
         raise RuntimeError(
             f"{purpose} needs the optional package {package!r}, which cannot be imported "
-            f"({exc}); install it with `pip install {package}`"
+            f"({exc}); install it with `pip install {package}` (or all of them: "
+            "`pip install fastscarlet[export]`)"
         ) from None
