@@ -18,7 +18,7 @@ from fastscarlet.config import config_from_dict
 from fastscarlet.data import build_loader
 from fastscarlet.nn.supernet import SuperNet
 from fastscarlet.train.checkpoint import save_atomic
-from fastscarlet.train.samplers import StrictFairSampler
+from fastscarlet.train.samplers import StrictFairSampler, make_sampler
 from fastscarlet.train.trainer import NonFiniteLossError, SupernetTrainer
 
 HERE = Path(__file__).parent
@@ -90,23 +90,36 @@ def test_shared_grad_mean_divides_by_use_count(data_root, tmp_path):
     )
 
 
-def test_exact_resume_is_bitwise(data_root, tmp_path):
-    full = make_trainer(data_root, tmp_path / "full", train={"max_steps": 4})
+@pytest.fixture(scope="module")
+def uninterrupted(data_root, tmp_path_factory):
+    """4 steps in one go: 2 epochs of 2 steps (5 batches each)."""
+    full = make_trainer(data_root, tmp_path_factory.mktemp("full"), train={"max_steps": 4})
     full.fit()
-    part = make_trainer(data_root, tmp_path / "part", train={"max_steps": 4})
-    part.fit(until_step=2)
-    resumed = make_trainer(data_root, tmp_path / "part", resume=True, train={"max_steps": 4})
-    assert resumed.step == 2
+    assert full.steps_per_epoch == 2 and full.epoch == 2
+    return full
+
+
+@pytest.mark.parametrize("stop", [1, 2, 3], ids=["mid_epoch_0", "epoch_boundary", "mid_epoch_1"])
+def test_exact_resume_is_bitwise(data_root, tmp_path, uninterrupted, stop):
+    """Stopped after ``stop`` steps (mid-epoch: the checkpoint holds a batch offset into the
+    epoch), resumed from last.pt: weights, BN statistics, momentum and sampler state equal the
+    uninterrupted run's bit for bit."""
+    part = make_trainer(data_root, tmp_path, train={"max_steps": 4})
+    part.fit(until_step=stop)
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert (ck["step"], ck["epoch"], ck["batch_in_epoch"]) == (stop, stop // 2, 5 * (stop % 2))
+    resumed = make_trainer(data_root, tmp_path, resume=True, train={"max_steps": 4})
+    assert resumed.step == stop
     resumed.fit()
-    a, b = flat_state(full), flat_state(resumed)
+    a, b = flat_state(uninterrupted), flat_state(resumed)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    sa, sb = full.optimizer.state_dict(), resumed.optimizer.state_dict()
+    sa, sb = uninterrupted.optimizer.state_dict(), resumed.optimizer.state_dict()
     for i in sa["state"]:
         assert torch.equal(sa["state"][i]["momentum_buffer"], sb["state"][i]["momentum_buffer"])
-    # ... and resuming across an epoch boundary (2 epochs of 2 steps here)
-    assert full.steps_per_epoch == 2 and full.epoch == 2
+    assert uninterrupted.sampler.state_dict() == resumed.sampler.state_dict()
+    assert (resumed.step, resumed.epoch) == (4, 2)
 
 
 def test_checkpoint_is_plain_data(data_root, tmp_path):
@@ -196,12 +209,12 @@ def test_resume_with_other_space_or_recipe_is_refused(data_root, tmp_path):
 
 
 def test_bad_data_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"data root .*missing' is not a folder"):
         make_trainer(tmp_path / "missing", tmp_path / "o")
     empty = tmp_path / "empty"
     (empty / "train" / "cat").mkdir(parents=True)
     (empty / "train" / "cat" / "notes.txt").write_text("not an image")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"no images in .*empty/train.* 1 class folders"):
         make_trainer(empty, tmp_path / "o2")
 
 
@@ -216,13 +229,30 @@ def test_corrupt_images_skip_or_stop(tmp_path):
                      train={"max_steps": 1}).fit()  # fmt: skip
 
 
-def test_uniform_and_size_proportional_train(data_root, tmp_path):
-    for name in ("uniform", "size_proportional"):
-        tr = make_trainer(data_root, tmp_path / name, sampler={"name": name},
-                          train={"max_steps": 3})  # fmt: skip
-        assert tr.paths_per_step == 1
-        out = tr.fit()
-        assert out["step"] == 3 and math.isfinite(out["loss"])
+@pytest.mark.parametrize("name", ["uniform", "size_proportional"])
+def test_single_path_samplers_train_the_paths_they_draw(data_root, tmp_path, name):
+    """One path per step, the sampler's own sequence (same seed), and in each step exactly the
+    choices on that step's path move: every other candidate, including one trained in an
+    earlier step, has no gradient, so neither momentum nor weight decay touches it."""
+    tr = make_trainer(data_root, tmp_path, sampler={"name": name}, train={"max_steps": 3})
+    assert tr.paths_per_step == 1
+    sampler = make_sampler(name, tr.space, seed=tr.cfg.train.seed)
+    paths = [sampler.sample()[0] for _ in range(3)]
+    assert len(set(paths)) == 3
+    names = {}  # (layer, choice) -> the names of its parameters
+    for i, layer in enumerate(tr.model.layers):
+        for c in layer.spec.allowed:
+            ids = {id(p) for p in layer.parameters_of(c)}
+            names[i, c] = {n for n, p in tr.model.named_parameters() if id(p) in ids}
+    for step, path in enumerate(paths, 1):
+        before = flat_state(tr)
+        out = tr.fit(until_step=step)
+        assert out["step"] == step and math.isfinite(out["loss"])
+        after = flat_state(tr)
+        moved = {
+            ic for ic, ns in names.items() if any(not torch.equal(before[n], after[n]) for n in ns)
+        }
+        assert moved == set(enumerate(path)), step
 
 
 def _free_port() -> int:
