@@ -4,6 +4,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+import torch
+
+from fastscarlet import env
 from fastscarlet.cli import main
 from fastscarlet.cost import CostModel
 from fastscarlet.space import get_space
@@ -32,9 +36,33 @@ def test_info_reports_every_component(capsys):
     out = capsys.readouterr().out
     for name in ("torch", "cuda", "triton", "fastscarlet._C", "nvidia.dali", "dali plugin"):
         assert name in out
-    # no GPU in CI: CUDA must be reported unusable with a reason
-    line = next(ln for ln in out.splitlines() if ln.startswith("cuda"))
-    assert " no " in line or " yes " in line
+    # the CUDA row says what this machine has
+    row = next(ln for ln in out.splitlines() if ln.startswith("cuda")).split()
+    assert row[1] == ("yes" if torch.cuda.is_available() else "no")
+
+
+@pytest.mark.parametrize(
+    "available, version, expected",
+    [
+        (True, "12.8", "cuda            yes  12.8 (Fake GPU 9000)"),
+        (False, "12.8", "cuda            no   12.8; no CUDA device"),
+        (False, None, "cuda            no   torch was built without CUDA"),
+    ],
+)
+def test_cuda_row_says_yes_with_the_device_or_no_with_why(
+    monkeypatch, available, version, expected
+):
+    """Every outcome of the CUDA probe, on any machine (the probe is cached: cleared around)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Fake GPU 9000")
+    monkeypatch.setattr(torch.version, "cuda", version)
+    env.probe_cuda.cache_clear()
+    try:
+        probe = env.probe_cuda()
+    finally:
+        env.probe_cuda.cache_clear()
+    monkeypatch.setattr(env, "all_probes", lambda: [probe])
+    assert env.report().splitlines()[-1] == expected
 
 
 def test_bad_input_is_one_line_error(capsys):

@@ -4,8 +4,9 @@ import itertools
 
 import numpy as np
 import pytest
-import tiny  # registers the tiny space
+import tiny  # noqa: F401  (registers the tiny space)
 
+from fastscarlet.cost import CostModel
 from fastscarlet.nn.network import build_network
 from fastscarlet.space import get_space
 from fastscarlet.space.genome import validate_genome
@@ -109,15 +110,28 @@ def test_size_proportional_matches_brute_force():
 
 
 def test_size_proportional_pool():
+    """NAO-V2's pool draw: p_j = params_j / sum params. The pool spans the space's smallest and
+    largest genomes (2.2M and 9.0M params: p = 0.10 and 0.43, where uniform gives 0.25), so the
+    goodness-of-fit test, which the true probabilities pass, rejects uniform draws by far."""
     space = get_space("scarlet")
-    pool = [UniformSampler(space, seed=i).sample()[0] for i in range(4)]
+    cost = CostModel(space, 32).params_table
+    smallest = tuple(min(ly.allowed, key=lambda c: cost[ly.index, c]) for ly in space.layers)
+    largest = tuple(max(ly.allowed, key=lambda c: cost[ly.index, c]) for ly in space.layers)
+    pool = [smallest, largest] + [UniformSampler(space, seed=i).sample()[0] for i in range(2)]
     s = SizeProportionalSampler(space, seed=0, pool=pool)
     sizes = np.array([_params_by_building(space, g) for g in pool], dtype=float)
-    n = 8000
+    p_true = sizes / sizes.sum()
+    assert p_true[0] < 0.12 and p_true[1] > 0.4
+    n = 4000
     freq = np.zeros(4)
     for _ in range(n):
         freq[pool.index(s.sample()[0])] += 1
-    np.testing.assert_allclose(freq / n, sizes / sizes.sum(), atol=0.02)
+
+    def chi2(p):
+        return ((freq - n * p) ** 2 / (n * p)).sum()
+
+    assert chi2(p_true) < 16.27  # df = 3, the 99.9% quantile
+    assert chi2(np.full(4, 0.25)) > 20 * 16.27
     with pytest.raises(ValueError, match="pool is empty"):
         SizeProportionalSampler(space, pool=[])
 
@@ -135,4 +149,3 @@ def test_registry_and_user_sampler():
         make_sampler("nope", get_space("tiny"))
     with pytest.raises(ValueError, match="already registered"):
         register_sampler("uniform", FirstChoice)
-    assert tiny.tiny_space().num_layers == 3

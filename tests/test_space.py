@@ -117,6 +117,13 @@ def test_user_defined_space_end_to_end():
     net = SuperNet(sp).eval()
     g = random_genome(sp, np.random.default_rng(0))
     assert net(torch.randn(2, 3, 17, 17), g).shape == (2, 5)
+    # the definition reaches the modules: per-layer activation, SE width/act/gate, head dropout
+    block, se = net.layers[3].block_of(sp.choice_names.index("E4K5SE"))
+    assert isinstance(block.act, torch.nn.Hardswish) and block.hidden == 64
+    assert se.reduce.out_channels == 32  # ratio 0.5 of the hidden 64
+    assert isinstance(se.act, torch.nn.Hardswish) and isinstance(se.gate, torch.nn.Sigmoid)
+    assert isinstance(net.layers[2].block_of(0)[0].act, torch.nn.ReLU)
+    assert net.head.dropout.p == 0.1
 
 
 @pytest.mark.parametrize(
