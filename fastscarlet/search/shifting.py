@@ -96,11 +96,10 @@ def transfer_supernet(supernet: nn.Module, num_classes: int, root: str, seed: in
         data=dataclasses.replace(cfg.data, root=str(root)),
     )
     device = next(supernet.parameters()).device
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
+        torch.default_generator.manual_seed(seed)  # (the modules are built on the CPU)
         net = SuperNet(supernet.space.with_classes(num_classes), share_se=supernet.share_se)
-        fresh = net.head.classifier
-        init_weights(fresh)
+        init_weights(net.head.classifier)
     keep = {k: v for k, v in supernet.state_dict().items() if not k.startswith("head.classifier.")}
     missing, unexpected = net.load_state_dict(keep, strict=False)
     assert not unexpected and sorted(missing) == ["head.classifier.bias", "head.classifier.weight"]
