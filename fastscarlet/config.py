@@ -60,6 +60,7 @@ class SpaceConfig:
     stem_stride: int | None = None  # None: the space's (2); 1 for 32x32 inputs (CIFAR recipe)
     aligned_init: bool = False  # every choice of a layer starts as the same function (SuperNet)
     width: float = 1.0  # channel multiplier (space.scale_width); < 1 for small machines (demo)
+    stabilizer: bool = True  # identity choices carry the LET; false: a plain identity (SuperNet)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Stage 2, the networks: blocks, the LET stabilizer, one-genome networks and the supernet.
 
 - :mod:`~fastscarlet.nn.blocks`: MBConv, squeeze-excite, stem, separable block, head, the init;
-- :mod:`~fastscarlet.nn.stabilizer`: SCARLET's LET stabilizer and its exact folding;
+- :mod:`~fastscarlet.nn.stabilizer`: SCARLET's LET stabilizer and its exact folding; the plain
+  identity choice (no stabilizer);
 - :mod:`~fastscarlet.nn.network`: a standalone network of one genome; the published models;
 - :mod:`~fastscarlet.nn.supernet`: the weight-sharing supernet (every path is a network of the
   space) and subnet extraction.
@@ -28,7 +29,12 @@ from fastscarlet.nn.network import (
     build_network,
     create_model,
 )
-from fastscarlet.nn.stabilizer import LinearStabilizer, fold_into_1x1, fold_stabilizers
+from fastscarlet.nn.stabilizer import (
+    LinearStabilizer,
+    PlainIdentity,
+    fold_into_1x1,
+    fold_stabilizers,
+)
 from fastscarlet.nn.supernet import ChoiceLayer, SuperNet
 
 __all__ = [
@@ -38,6 +44,7 @@ __all__ = [
     "LinearStabilizer",
     "MBConv",
     "Network",
+    "PlainIdentity",
     "SeparableConv",
     "SqueezeExcite",
     "StemConv",

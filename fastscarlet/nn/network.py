@@ -101,13 +101,17 @@ def build_block(space: SearchSpace, layer: int, choice: int) -> MBConv | LinearS
     )  # fmt: skip
 
 
-def plain_identity(space: SearchSpace, layer: int) -> nn.Identity:
+def plain_identity(
+    space: SearchSpace, layer: int, hint: str = "export with identity='let' or 'fold'"
+) -> nn.Identity:
+    """A plain identity at ``layer``; a ``ValueError`` ending with ``hint`` where the layer changes
+    the shape (stride 2 or a channel change)."""
     spec = space.layers[layer]
     if spec.stride != 1 or spec.in_channels != spec.out_channels:
         raise ValueError(
             f"{space.name}: layer {layer + 1} is an identity choice at a layer with stride "
             f"{spec.stride} and channels {spec.in_channels}->{spec.out_channels}; a plain identity "
-            "cannot change the shape there: export with identity='let' or 'fold'"
+            f"cannot change the shape there: {hint}"
         )
     return nn.Identity()
 

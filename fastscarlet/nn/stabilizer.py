@@ -7,6 +7,8 @@ supernet a learnable, well-conditioned path.
 
 * :class:`LinearStabilizer`: ``y = W x`` (stride ``s``), C x C where stride is 1 and c_in = c_out,
   a strided or channel-changing 1x1 conv where identity is allowed everywhere;
+* :class:`PlainIdentity`: the identity choice without a stabilizer (``SuperNet(stabilizer=False)``),
+  the baseline that the LET is compared against;
 * :func:`fold_into_1x1`: ``W' = W W_L`` (exact: both are linear 1x1 convs without padding);
 * :func:`fold_stabilizers`: fold every run of LETs of a standalone network into the next 1x1 conv
   where that is exact.
@@ -61,6 +63,19 @@ class LinearStabilizer(nn.Module):
         if se is not None:
             raise ValueError("a LET stabilizer has no SE")
         return self(x)
+
+
+class PlainIdentity(nn.Identity):
+    """The identity choice of a supernet without a stabilizer: ``y = x``, no weights.
+
+    Only where the layer's shape allows it (stride 1, c_in == c_out); :class:`SuperNet` checks.
+    """
+
+    def forward_with_se(self, x: torch.Tensor, se: nn.Module | None = None) -> torch.Tensor:
+        """Same signature as :meth:`MBConv.forward_with_se` (an identity has no SE)."""
+        if se is not None:
+            raise ValueError("an identity choice has no SE")
+        return x
 
 
 def fold_into_1x1(weight: torch.Tensor, stride: int, let_weight: torch.Tensor, let_stride: int):

@@ -3,7 +3,8 @@
 ``SuperNet(space)(x, genome)`` runs the single path ``genome``; :meth:`SuperNet.subnet` extracts it as
 a standalone :class:`~fastscarlet.nn.network.Network` that keeps (copies of) the supernet's weights and
 computes the same function. Identity choices carry the SCARLET LET stabilizer
-(:class:`~fastscarlet.nn.stabilizer.LinearStabilizer`).
+(:class:`~fastscarlet.nn.stabilizer.LinearStabilizer`); with ``stabilizer=False`` they are a plain
+identity (:class:`~fastscarlet.nn.stabilizer.PlainIdentity`), the baseline of the SCARLET paper.
 
 **SE weight sharing** (``share_se=``). Whether an SE choice shares its convolutions with the matching
 non-SE choice is not known from the papers (papers.md section 1.2). The default is separate
@@ -34,14 +35,16 @@ from fastscarlet.nn.network import (
     build_stem,
     plain_identity,
 )
-from fastscarlet.nn.stabilizer import LinearStabilizer, fold_stabilizers
+from fastscarlet.nn.stabilizer import LinearStabilizer, PlainIdentity, fold_stabilizers
 from fastscarlet.space import Choice, Genome, SearchSpace, get_space, random_genome, validate_genome
 
 
 class ChoiceLayer(nn.Module):
     """All candidate blocks of one searchable layer, keyed by choice name (``E6K5SE``, ``ID``)."""
 
-    def __init__(self, space: SearchSpace, index: int, share_se: bool = False) -> None:
+    def __init__(
+        self, space: SearchSpace, index: int, share_se: bool = False, stabilizer: bool = True
+    ) -> None:
         super().__init__()
         self.space, self.index, self.share_se = space, index, share_se
         self.spec = space.layers[index]
@@ -60,6 +63,8 @@ class ChoiceLayer(nn.Module):
                 self.se_modules[choice.name] = make_se(
                     space.se, self.spec.in_channels, hidden, self.spec.activation
                 )
+            elif choice.identity and not stabilizer:
+                self.candidates[choice.name] = _plain_identity_choice(space, index)
             elif choice.name not in self.candidates:
                 self.candidates[choice.name] = build_block(space, index, c)
 
@@ -133,6 +138,12 @@ def _base_name(choice: Choice) -> str:
     return Choice(choice.expansion, choice.kernel, False).name
 
 
+def _plain_identity_choice(space: SearchSpace, index: int) -> PlainIdentity:
+    hint = "keep the LET stabilizer (stabilizer=True), or use space.identity=equal_shape"
+    plain_identity(space, index, hint)  # the shape check
+    return PlainIdentity()
+
+
 class SuperNet(nn.Module):
     """One-shot supernet over ``space``.
 
@@ -156,6 +167,11 @@ class SuperNet(nn.Module):
             training reached loss 0.75 in 300 steps with the transition layers fixed and stayed
             at 2.1-2.4 (chance: 2.3) with them sampled. Not in the papers (their supernet init is
             not published); off by default.
+        stabilizer: identity choices carry the LET (default); False makes them a plain identity
+            (no weights), the "without LET" baseline of the SCARLET paper. A plain identity
+            cannot change the shape, so a space that allows identity at stride-2 or
+            channel-changing layers (``identity="stride1"``/``"all"``) is refused with
+            ``stabilizer=False``.
     """
 
     def __init__(
@@ -165,16 +181,17 @@ class SuperNet(nn.Module):
         let_init: str = "conv",
         zero_init_residual: bool = False,
         aligned_init: bool = False,
+        stabilizer: bool = True,
     ) -> None:
         super().__init__()
         self.space = get_space(space)
         if let_init not in ("conv", "identity"):
             raise ValueError(f"let_init must be 'conv' or 'identity', got {let_init!r}")
-        self.share_se = share_se
+        self.share_se, self.stabilizer = share_se, stabilizer
         self.stem = build_stem(self.space)
         self.first_block = build_first_block(self.space)
         self.layers = nn.ModuleList(
-            ChoiceLayer(self.space, i, share_se) for i in range(self.space.num_layers)
+            ChoiceLayer(self.space, i, share_se, stabilizer) for i in range(self.space.num_layers)
         )
         self.head = build_head(self.space)
         self._active: Genome | None = None

@@ -157,9 +157,9 @@ def load_supernet(
 ) -> SuperNet:
     """Open a training checkpoint of ``fastscarlet train`` as a :class:`SuperNet`.
 
-    The network is built from the run's resolved config (space, SE sharing), the weights are
-    loaded, and ``net.space`` and ``net.config`` (a :class:`fastscarlet.config.Config`) are
-    attached. Evaluation, search and export open supernets this way.
+    The network is built from the run's resolved config (space, SE sharing, stabilizer), the
+    weights are loaded, and ``net.space`` and ``net.config`` (a :class:`fastscarlet.config.Config`)
+    are attached. Evaluation, search and export open supernets this way.
     """
     from fastscarlet.config import config_from_dict
     from fastscarlet.nn.supernet import SuperNet
@@ -167,7 +167,9 @@ def load_supernet(
 
     ckpt = check_format(load_checkpoint(checkpoint, map_location=map_location), checkpoint)
     cfg = config_from_dict(ckpt["config"])
-    net = SuperNet(build_space(cfg.space), share_se=cfg.space.share_se)
+    net = SuperNet(
+        build_space(cfg.space), share_se=cfg.space.share_se, stabilizer=cfg.space.stabilizer
+    )
     net.to(map_location)
     load_state_checked(net, ckpt["model"], checkpoint)
     net.config = cfg

@@ -145,6 +145,7 @@ class SupernetTrainer:
             let_init=cfg.space.let_init,
             zero_init_residual=cfg.space.zero_init_residual,
             aligned_init=cfg.space.aligned_init,
+            stabilizer=cfg.space.stabilizer,
         )
         # channels_last on the CPU too: oneDNN's depthwise convs ran a width-0.25 SCARLET
         # strict-fairness step 3.3x faster in it (28x28 inputs, batch 64; benchmarks/RESULTS.md)
