@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "search": "fastscarlet.cli.search",
     "latency-table": "fastscarlet.cli.latency_table",
     "export": "fastscarlet.cli.export",
+    "rank-study": "fastscarlet.cli.rank_study",
 }
 
 
