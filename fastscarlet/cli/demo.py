@@ -268,7 +268,7 @@ def search_loaders(supernet: Any, root: Path, device: Any, seed: int, val_images
     dc = supernet.config.data
     common = dict(
         image_size=dc.image_size, device=device, num_workers=0, recipe=dc.recipe, seed=seed,
-        batch_size=dc.eval_batch_size,
+        batch_size=dc.eval_batch_size, channels_last=dc.channels_last,
     )  # fmt: skip
     calib = build_loader(
         root, "train", "torch", augment=False, shuffle=True, drop_last=False, **common
