@@ -42,7 +42,7 @@ def study_args(data: Path, recipe: Path, out: Path, *extra: str) -> list[str]:
         "--config", str(recipe), "--supernet-epochs", "1", "--standalone-epochs", "1",
         "--standalone-batch", "16", "--calib-batches", "2", "--bootstrap", "50",
         "--shift-population", "2", "--shift-generations", "1", "--shift-steps", "2",
-        "--device", "cpu", "--no-progress", *extra,
+        "--noise-archs", "3", "--device", "cpu", "--no-progress", *extra,
     ]  # fmt: skip
 
 
@@ -74,6 +74,30 @@ def test_rank_study_end_to_end_and_resumed(setup, tmp_path, capsys):
         assert r["tau_ci"][0] <= r["tau_ci"][1]
         assert 0 <= r["topk_precision"] <= 1
     assert (out / "ranking.png").stat().st_size > 1000
+    baselines = json.loads((out / "baselines.json").read_text())
+    assert [b["baseline"] for b in baselines] == ["madds", "params"]
+    madds_rank = baselines[0]
+    assert (
+        madds_rank["madds"] == madds
+        and madds_rank["n"] == 3
+        and KEYS - {"variant"} < set(madds_rank)
+    )
+    # the noise measurement: the same three networks trained again with seed 1
+    noise = json.loads((out / "noise.json").read_text())
+    assert (
+        noise["seed"] == 1
+        and noise["n"] == 3
+        and len(list((out / "standalone_seed1").glob("*.json"))) == 3
+    )
+    assert noise["standalone_acc"] == records[0]["standalone_acc"]
+    seed1 = [
+        json.loads((out / "standalone_seed1" / f"{key}.json").read_text())["score"]["acc"]
+        for key in noise["architectures"]
+    ]
+    assert noise["other_seed_acc"] == seed1
+    assert noise["mean_abs_difference"] == pytest.approx(
+        sum(abs(a - b) for a, b in zip(noise["other_seed_acc"], noise["standalone_acc"])) / 3
+    )
     with open(out / "architectures.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and set(VARIANTS) < set(rows[0])

@@ -102,6 +102,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--calib-batches", type=int, default=20, help="BN recalibration batches")
     ev.add_argument("--topk", type=int, help="k of top-k precision (default: K/4)")
     ev.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    ev.add_argument(
+        "--noise-archs", type=int, default=0,
+        help="train this many architectures again with seed+1 (after all the others) to measure "
+        "how well stand-alone accuracy ranks itself (DIR/noise.json); default 0",
+    )  # fmt: skip
     sh = parser.add_argument_group("Supernet Shifting variants")
     sh.add_argument("--shift-population", type=int, default=16)
     sh.add_argument("--shift-generations", type=int, default=3)
@@ -135,6 +140,8 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     for flag in ("supernet_epochs", "standalone_epochs", "standalone_lr", "shift_lr"):
         if not getattr(args, flag) > 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be positive")
+    if not 0 <= args.noise_archs <= args.archs:
+        raise ValueError(f"--noise-archs must be in 0..{args.archs}, got {args.noise_archs}")
     if args.shift_generations < 0:
         raise ValueError(f"--shift-generations must be >= 0, got {args.shift_generations}")
     if args.topk is not None and args.topk > args.archs:
@@ -191,6 +198,9 @@ def run(args: argparse.Namespace) -> int:
         study.score(name)
     study.report(variants)
     study.train_standalone(after_each=lambda: study.report(variants))
+    study.report(variants)
+    if args.noise_archs:
+        study.train_standalone(seed=args.seed + 1, limit=args.noise_archs)
     records = study.report(variants)
     print(f"ranking: {study.out / 'ranking.json'} ({records} variants)")
     return 0
@@ -401,28 +411,47 @@ class Study:
 
     # -- stand-alone ----------------------------------------------------------------------------
 
-    def train_standalone(self, after_each=None, reverse: bool = False) -> None:
+    def standalone_cache(self, seed: int | None = None) -> Path:
+        """The stand-alone networks of the study's seed, or of another (the noise measurement)."""
+        if seed is None or seed == self.args.seed:
+            return self.out / "standalone"
+        return self.out / f"standalone_seed{seed}"
+
+    def train_standalone(
+        self,
+        after_each=None,
+        reverse: bool = False,
+        seed: int | None = None,
+        limit: int | None = None,
+    ) -> None:
+        """Every architecture (the first ``limit`` of the spread order) trained from scratch with
+        ``seed`` (default: the study's)."""
+        import dataclasses
+
         from fastscarlet.evaluate import evaluate
         from fastscarlet.evaluate.ranking import spread_order
         from fastscarlet.train.standalone import cached_result, train_standalone
 
         _, val = self.eval_loaders(self.args.standalone_val_images, calib=False)
-        cache = self.out / "standalone"
-        order = spread_order(len(self.genomes))
+        cache = self.standalone_cache(seed)
+        settings = self.standalone
+        if seed is not None:
+            settings = dataclasses.replace(settings, seed=seed)
+        order = spread_order(len(self.genomes))[:limit]
         for i, j in enumerate(order[::-1] if reverse else order):
             g = self.genomes[j]
             if cached_result(cache, g) is not None:
                 continue
             t0 = time.perf_counter()
             record = train_standalone(
-                self.space, g, self.cfg.data.root, self.standalone, cache,
+                self.space, g, self.cfg.data.root, settings, cache,
                 lambda net: _accuracy(evaluate(net, val)), device=self.device,
                 num_workers=self.cfg.data.num_workers,
                 channels_last=self.cfg.data.channels_last,
             )  # fmt: skip
             assert record is not None
             print(
-                f"stand-alone {i + 1}/{len(order)}: top-1 {record['score']['acc']:.2f}% "
+                f"stand-alone {cache.name} {i + 1}/{len(order)}: top-1 {record['score']['acc']:.2f}% "
                 f"({time.perf_counter() - t0:.0f} s)"
             )
             if after_each is not None:
@@ -437,12 +466,11 @@ class Study:
         from fastscarlet.space import to_readable
         from fastscarlet.train.standalone import cached_result, genome_key
 
-        cache = self.out / "standalone"
-        truth = {}
-        for g in self.genomes:
-            rec = cached_result(cache, g)
-            if rec is not None:
-                truth[g] = rec["score"]["acc"]
+        def accuracies(cache: Path) -> dict[tuple[int, ...], float]:
+            records = {g: cached_result(cache, g) for g in self.genomes}
+            return {g: r["score"]["acc"] for g, r in records.items() if r is not None}
+
+        truth = accuracies(self.standalone_cache())
         scores = {}
         for name in variants:
             path = self.out / "scores" / f"{name}.json"
@@ -465,25 +493,48 @@ class Study:
         records = []
         if len(measured) < 3:
             return 0
-        y = [truth[g] for g in measured]
-        for name, s in scores.items():
-            x = [s[genome_key(g)]["acc"] for g in measured]
+
+        def ranked(
+            predicted: dict, among: list, key: str = "supernet_acc", **extra: Any
+        ) -> dict[str, Any]:
+            x, y = [predicted[g] for g in among], [truth[g] for g in among]
             rep = rank_report(
                 x, y, k=self.args.topk, n_resamples=self.args.bootstrap, seed=self.args.seed
             )
+            return {
+                **extra,
+                **rep.to_dict(),
+                "complete": len(among) == len(self.genomes),
+                "architectures": [genome_key(g) for g in among],
+                key: x,
+                "standalone_acc": y,
+            }
+
+        for name, s in scores.items():
+            predicted = {g: s[genome_key(g)]["acc"] for g in measured}
             records.append(
-                {
-                    "variant": name,
-                    "description": VARIANTS[name].description,
-                    **rep.to_dict(),
-                    "complete": len(measured) == len(self.genomes),
-                    "architectures": [genome_key(g) for g in measured],
-                    "supernet_acc": x,
-                    "standalone_acc": y,
-                }
+                ranked(predicted, measured, variant=name, description=VARIANTS[name].description)
             )
         _write_json(self.out / "ranking.json", records)
         plot_ranking(self.out / "ranking.png", records)
+        # what a supernet has to beat: ranking by cost alone
+        baselines = [
+            ranked(
+                {g: float(cost.madds(g)) for g in measured}, measured, "madds", baseline="madds"
+            ),
+            ranked(
+                {g: float(cost.params(g)) for g in measured}, measured, "params", baseline="params"
+            ),
+        ]
+        _write_json(self.out / "baselines.json", baselines)
+        # how well stand-alone accuracy ranks itself: the same networks with another seed
+        again = accuracies(self.standalone_cache(self.args.seed + 1))
+        both = [g for g in measured if g in again]
+        if len(both) >= 3:
+            noise = ranked(again, both, "other_seed_acc", seed=self.args.seed + 1)
+            diffs = [abs(again[g] - truth[g]) for g in both]
+            noise["mean_abs_difference"] = sum(diffs) / len(diffs)
+            _write_json(self.out / "noise.json", noise)
         return len(records)
 
 
