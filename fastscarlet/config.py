@@ -75,6 +75,9 @@ class DataConfig:
     recipe: str = "imagenet"  # imagenet | cifar
     image_size: int = 224
     crop_scale_min: float = 0.08  # smallest area fraction of the train random-resized crop
+    # false: training images get the eval transform (no random crop or flip). For runs shorter
+    # than an epoch or two, where augmentation only slows learning (configs/demo_cpu.yaml).
+    augment: bool = True
     batch_size: int = 128  # per path, per rank
     eval_batch_size: int = 256
     num_workers: int = 4

@@ -48,6 +48,7 @@ def test_demo_runs_end_to_end_on_a_small_image_folder(tmp_path, capsys) -> None:
     assert set(summary["seconds"]) == {"data", "train", "search", "export", "report"}
     assert summary["front"] and all(set(f) >= set(summary["best"]) for f in summary["front"])
     for row in summary["exported"]:
+        assert row["weights"] == "scratch" and row["finetune_steps"] >= 11
         for f in row["files"]:
             assert Path(f).stat().st_size > 0
     html = (out / "report.html").read_text()

@@ -52,3 +52,31 @@ def test_model_lookup_errors_and_classes():
     net = create_model("moga_c", num_classes=10).eval()
     assert net(torch.randn(1, 3, 64, 64)).shape == (1, 10)
     assert model_space("moga_c", 10).num_classes == 10
+
+
+def test_build_network_zero_init_residual_starts_residual_blocks_and_lets_as_identity():
+    """Each residual MBConv returns its input and each LET is the identity map (zero-padded where
+    the channels widen); without the option neither holds."""
+    from fastscarlet.nn import LinearStabilizer, build_network
+    from fastscarlet.nn.blocks import MBConv
+    from fastscarlet.space import get_space
+
+    space = get_space("scarlet", num_classes=10)
+    ident = next(i for i, c in enumerate(space.choices) if c.identity)
+    genome = [
+        ident if ident in spec.allowed and i % 2 else spec.allowed[i % len(spec.allowed)]
+        for i, spec in enumerate(space.layers)
+    ]
+    torch.manual_seed(0)
+    for zero in (True, False):
+        net = build_network(space, genome, identity="let", zero_init_residual=zero).eval()
+        res = [b for b in net.blocks if isinstance(b, MBConv) and b.residual]
+        lets = [b for b in net.blocks if isinstance(b, LinearStabilizer)]
+        assert res and lets
+        for b in res:
+            x = torch.randn(2, b.in_channels, 8, 8)
+            assert torch.equal(b(x), x) is zero
+        for b in lets:
+            w = b.conv.weight[:, :, 0, 0]
+            eye = torch.eye(w.shape[0], w.shape[1])
+            assert torch.equal(w, eye) is zero

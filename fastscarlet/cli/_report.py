@@ -34,13 +34,13 @@ def render(summary: dict[str, Any], result: Any) -> str:
     esc = html.escape
     chosen = _table(
         ["role", "architecture", "genome", "top-1 (test, from file)", "top-1 (search)",
-         "MAdds", "params", "fine-tuning steps", "files"],
+         "MAdds", "params", "training steps (from)", "files"],
         [
             [
                 esc(r["role"]), f"<code>{esc(r['readable'])}</code>",
                 f"<code>{esc(','.join(map(str, r['genome'])))}</code>", f"{r['acc']:.2f}%",
                 f"{r['search_acc']:.2f}%", f"{r['madds'] / 1e6:.2f}M", f"{r['params'] / 1e6:.3f}M",
-                str(r["finetune_steps"]),
+                f"{r['finetune_steps']} ({esc(r.get('weights', 'supernet'))})",
                 "<br>".join(f'<a href="{esc(_rel(f))}">{esc(_rel(f))}</a>' for f in r["files"]),
             ]
             for r in summary["exported"]
@@ -77,9 +77,9 @@ th {{ background: #f4f4f4; }} code {{ font-size: 0.9em; }}
 {best["madds"] / 1e6:.2f}M MAdds and {best["params"] / 1e6:.3f}M parameters.</p>
 <p>A strict-fairness SCARLET supernet was trained on <code>{esc(summary["data"])}</code> on
 {esc(summary["device"])}, searched with NSGA-II over accuracy and MAdds ({evaluated} architectures
-evaluated, BN recalibrated), and the chosen architectures were fine-tuned briefly from their
-inherited weights (the papers retrain the architectures they pick; the steps are in the table),
-BN recalibrated and exported (PyTorch and ONNX). Search accuracies are the supernet's, on a fixed
+evaluated, BN recalibrated), and the chosen architectures were trained in the time left (from
+fresh weights as the papers retrain the architectures they pick, or from the supernet's: the table
+says which and how many steps), BN recalibrated and exported (PyTorch and ONNX). Search accuracies are the supernet's, on a fixed
 subset of the held-out split; the exported models' accuracy is on the whole split, computed from
 the exported files.</p>
 <h2>Front</h2>

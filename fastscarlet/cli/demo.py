@@ -8,9 +8,10 @@ Stages (each timed; ``DIR`` defaults to ``runs/demo``)::
              the budget's share allows (measured on the machine first)
     search   NSGA-II over accuracy (BN-recalibrated supernet paths) and MAdds
     export   the chosen architectures of the front (most accurate, cheapest, the knee),
-             fine-tuned briefly with their inherited weights, BN recalibrated, as PyTorch files
-             and ONNX models; their top-1 on the whole test split computed from the exported
-             PyTorch files
+             trained in the time left (from scratch, as the papers retrain the architectures
+             they pick; --export-weights supernet fine-tunes the inherited weights instead), BN
+             recalibrated, as PyTorch files and ONNX models; their top-1 on the whole test split
+             computed from the exported PyTorch files
     report   DIR/report.html, DIR/front.png, DIR/summary.json; the front as a table
 
 The search scores architectures on a fixed subset of the test split (the demo has no other held-out
@@ -53,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int,
         help="torch threads (default: the cores not used by the loader's worker)",
     )  # fmt: skip
+    parser.add_argument(
+        "--export-weights", choices=("scratch", "supernet"), default="scratch",
+        help="the chosen architectures' starting weights before their training in the export "
+        "stage: fresh (default; as the papers retrain) or inherited from the supernet (measured "
+        "worse at the demo's scale: benchmarks/RESULTS.md)",
+    )  # fmt: skip
     parser.add_argument("--force", action="store_true", help="delete and replace an existing DIR")
 
 
@@ -94,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         result, space, image_size = search(ckpt, search_dir, device, args.seed,
                                            budget - clock.total() - SHARES["export"] * left)  # fmt: skip
     with clock("export"):
-        chosen = export_chosen(ckpt, result, out / "models", device, budget - clock.total())
+        chosen = export_chosen(ckpt, result, out / "models", device, budget - clock.total(),
+                               weights=args.export_weights, seed=args.seed)  # fmt: skip
     with clock("report"):
         summary = write_report(out, root, device, result, space, image_size, chosen, clock)
     summary["seconds"] = dict(clock.seconds)  # with the report's own time (the page has the rest)
@@ -337,8 +345,9 @@ def pick(records: list[Any]) -> dict[str, Any]:
 
 
 def finetune(net: Any, loader: Any, seconds: float, lr: float = 0.1) -> int:
-    """Train the standalone subnet (inherited weights) for ``seconds``: SGD with Nesterov
-    momentum, a cosine schedule over the steps the first ten measure, label smoothing 0.1.
+    """Train the standalone network for ``seconds``: SGD with Nesterov
+    momentum, a cosine schedule over the steps that steps 2..11 measure (the first waits for the
+    loader's workers), label smoothing 0.1.
     Returns the steps taken."""
     import math
 
@@ -348,6 +357,7 @@ def finetune(net: Any, loader: Any, seconds: float, lr: float = 0.1) -> int:
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True,
                           weight_decay=5e-5)  # fmt: skip
     t0, step, total = time.perf_counter(), 0, None
+    t1 = t0  # after the first step: the loader's workers have started
     epoch = 0
     while True:
         loader.set_epoch(epoch)
@@ -361,18 +371,23 @@ def finetune(net: Any, loader: Any, seconds: float, lr: float = 0.1) -> int:
             torch.nn.functional.cross_entropy(net(x), y, label_smoothing=0.1).backward()
             opt.step()
             step += 1
-            if step == 10:  # plan the schedule from the speed measured so far
-                per_step = (time.perf_counter() - t0) / 10
-                total = max(10, int(seconds / per_step))
+            if step == 1:
+                t1 = time.perf_counter()
+            elif step == 11:  # plan the schedule from the speed of steps 2..11
+                per_step = (time.perf_counter() - t1) / 10
+                left = seconds - (time.perf_counter() - t0)
+                total = max(11, step + int(left / per_step))
         epoch += 1
 
 
 def export_chosen(
-    ckpt: Path, result: Any, out: Path, device: Any, seconds: float
-) -> list[dict[str, Any]]:
-    """The picked front members: fine-tuned with their inherited weights (the papers retrain the
-    chosen architectures; here a short fine-tune in the time left), BN recalibrated, exported as
-    PyTorch and ONNX files, and measured on the whole test split from the exported PyTorch file."""
+    ckpt: Path, result: Any, out: Path, device: Any, seconds: float,
+    weights: str = "scratch", seed: int = 0,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The picked front members: trained in the time left from fresh weights (``weights=
+    "scratch"``, as the papers retrain the architectures they pick) or from the supernet's
+    (``"supernet"``), BN recalibrated, exported as PyTorch and ONNX files, and measured on the
+    whole test split from the exported PyTorch file."""
     import copy
 
     import torch
@@ -380,6 +395,7 @@ def export_chosen(
     from fastscarlet import export
     from fastscarlet.data import build_loader
     from fastscarlet.evaluate import evaluate, recalibrate_bn
+    from fastscarlet.nn.network import build_network
     from fastscarlet.space import to_readable
     from fastscarlet.train.checkpoint import load_supernet
 
@@ -390,7 +406,7 @@ def export_chosen(
     calib, _ = search_loaders(supernet, root, device, seed=0)
     common = dict(image_size=dc.image_size, device=device, recipe=dc.recipe)
     train = build_loader(root, "train", "torch", batch_size=dc.batch_size, num_workers=1,
-                         channels_last=dc.channels_last, **common)  # fmt: skip
+                         augment=dc.augment, channels_last=dc.channels_last, **common)  # fmt: skip
     test = build_loader(root, "val", "torch", batch_size=dc.eval_batch_size, num_workers=0,
                         **common)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
@@ -399,18 +415,24 @@ def export_chosen(
     rows = []
     for i, (role, rec) in enumerate(chosen.items()):
         name = role.replace(" ", "_")
-        net = supernet.subnet(rec.genome, identity="fold").to(memory_format=fmt)
+        if weights == "supernet":
+            net = supernet.subnet(rec.genome, identity="fold")
+        else:
+            torch.manual_seed(seed + i)
+            net = build_network(space, rec.genome, identity="fold", zero_init_residual=True)
+        net = net.to(device=device, memory_format=fmt).train()
         share = (seconds - (time.perf_counter() - t0)) / (len(chosen) - i)
         steps = finetune(net, train, 0.8 * share)  # the rest: recalibration, export, test
         recalibrate_bn(net, calib, CALIB_BATCHES)
         net = copy.deepcopy(net).cpu().eval().to(memory_format=torch.contiguous_format)
         pt, onnx = out / f"{name}.pt", out / f"{name}.onnx"
-        meta = {"role": role, "finetune_steps": steps, "calib_images": CALIB_BATCHES * 250}
+        meta = {"role": role, "weights": weights, "finetune_steps": steps,
+                "calib_images": CALIB_BATCHES * 250}  # fmt: skip
         export.save(net, pt, resolution=dc.image_size, meta=meta)
         export.export_onnx(net, onnx, dc.image_size)
         loaded = export.load(pt).to(device)  # the file, rebuilt without the supernet
         acc = evaluate(loaded, test)
-        print(f"export: {role}: {steps} fine-tuning steps, top-1 {acc.top1:.2f}% on "
+        print(f"export: {role}: {steps} training steps from {weights} weights, top-1 {acc.top1:.2f}% on "
               f"{acc.images} test images ({pt})")  # fmt: skip
         rows.append(
             {
@@ -421,6 +443,7 @@ def export_chosen(
                 "search_acc": rec.values["acc"],
                 "madds": int(rec.values["madds"]),
                 "params": int(sum(p.numel() for p in loaded.parameters())),
+                "weights": weights,
                 "finetune_steps": steps,
                 "files": [str(pt), str(onnx)],
             }

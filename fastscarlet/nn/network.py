@@ -116,8 +116,17 @@ def plain_identity(
     return nn.Identity()
 
 
-def build_network(space: SearchSpace, genome: Sequence[int], identity: str = "identity") -> Network:
-    """A freshly initialised standalone network (Xiaomi init) of ``genome``."""
+def build_network(
+    space: SearchSpace,
+    genome: Sequence[int],
+    identity: str = "identity",
+    zero_init_residual: bool = False,
+) -> Network:
+    """A freshly initialised standalone network (Xiaomi init) of ``genome``.
+
+    ``zero_init_residual``: every residual MBConv's last BN starts with gamma = 0 (the block starts
+    as the identity, as :class:`~fastscarlet.nn.SuperNet`'s option does), and LETs start as the
+    identity map; short trainings learn faster so (the demo's export stage)."""
     if identity not in IDENTITY_MODES:
         raise ValueError(f"identity must be one of {IDENTITY_MODES}, got {identity!r}")
     g = validate_genome(space, genome)
@@ -129,6 +138,12 @@ def build_network(space: SearchSpace, genome: Sequence[int], identity: str = "id
             blocks.append(build_block(space, i, c))
     net = Network(space, g, build_stem(space), build_first_block(space), blocks, build_head(space))
     init_weights(net)
+    if zero_init_residual:
+        for m in net.modules():
+            if isinstance(m, LinearStabilizer):
+                m.reset_to_identity()
+            if isinstance(m, MBConv) and m.residual:
+                nn.init.zeros_(m.bn3.weight)
     return fold_stabilizers(net) if identity == "fold" else net
 
 

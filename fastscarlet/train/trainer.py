@@ -226,6 +226,7 @@ class SupernetTrainer:
             world_size=self.dist.world_size,
             seed=self.cfg.train.seed,
             recipe=dc.recipe,
+            augment=dc.augment,
             channels_last=self.channels_last,
             verify=dc.verify,
             num_classes=self.cfg.space.num_classes if dc.backend == "synthetic" else None,
