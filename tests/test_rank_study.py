@@ -107,7 +107,11 @@ def test_rank_study_end_to_end_and_resumed(setup, tmp_path, capsys):
     assert json.loads((out / "shift" / "fair_let_shift" / "done.json").read_text())["updates"] > 0
     assert "scores fair_plain" in capsys.readouterr().out
 
-    # the same command again: everything comes from the cache
+    # the same command again: everything comes from the cache, also for a study written before a
+    # config key existed (its default is what that study ran with)
+    study = json.loads((out / "study.json").read_text())
+    del study["settings"]["config"]["data"]["augment"]
+    (out / "study.json").write_text(json.dumps(study))
     before = mtimes(out / "supernets") | mtimes(out / "shift") | mtimes(out / "scores")
     assert main(study_args(data, recipe, out)) == 0
     after = mtimes(out / "supernets") | mtimes(out / "shift") | mtimes(out / "scores")

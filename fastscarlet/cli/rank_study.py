@@ -261,6 +261,12 @@ class Study:
         settings = self.settings()
         if path.is_file():
             saved = json.loads(path.read_text())
+            if isinstance(saved["settings"].get("config"), dict):
+                # a study written before a config key existed has that key's default
+                from fastscarlet.config import config_from_dict
+
+                old = saved["settings"]["config"]
+                saved["settings"]["config"] = config_from_dict(old).to_dict()
             diffs = [
                 f"{k}: {saved['settings'].get(k)!r} there, {v!r} now"
                 for k, v in settings.items()
