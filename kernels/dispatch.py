@@ -39,7 +39,9 @@ MODES = ("auto", "reference", "triton")
 
 # Whether ``auto`` may pick the kernels on CUDA. Set to True only by a change that records, in
 # benchmarks/RESULTS.md, the kernels at that commit passing ``pytest -m gpu`` and beating the
-# reference (issue 19 replaces this switch with a dispatch measured per block signature).
+# reference. Issue 19 replaces this switch with a dispatch measured per block signature: the
+# chooser and its cache are in :mod:`.autotune`, opt-in (``FASTSCARLET_AUTOTUNE=1``) and not yet
+# called by the blocks.
 KERNELS_VERIFIED = False
 
 # The one piece of state: the mode forced by the innermost `kernel_mode(...)` (None: not forced).

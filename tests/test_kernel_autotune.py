@@ -1,0 +1,186 @@
+"""Dispatch by measurement (fastscarlet.kernels.autotune): the decision logic with forced timings,
+the on-disk cache (per device and version, atomic, corrupt files rebuilt), and that nothing
+changes unless it is enabled."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fastscarlet.kernels import autotune
+from fastscarlet.kernels.autotune import REFERENCE, Autotuner, BlockSignature, choose, select
+
+GPU = "NVIDIA H200"
+
+
+def _sig(device: str = GPU, training: bool = True, **kw) -> BlockSignature:
+    base = dict(shapes=((256, 40, 28, 28),), dtype="bfloat16", stride=1, kernel=7, se=True,
+                residual=True, training=training, device=device)  # fmt: skip
+    base.update(kw)
+    return BlockSignature(**base)
+
+
+class ForcedTimer:
+    """Returns the time given for each candidate (the candidates return their own name), and
+    counts the calls."""
+
+    def __init__(self, times: dict[str, float]) -> None:
+        self.times = times
+        self.calls: list[str] = []
+
+    def __call__(self, fn) -> float:
+        name = fn()
+        self.calls.append(name)
+        return self.times[name]
+
+
+def _cands(*names: str) -> dict:
+    return {n: (lambda n=n: n) for n in names}
+
+
+@pytest.mark.parametrize(
+    ("t_kernel", "expected"),
+    [(0.90, "triton"), (0.96, "triton"), (0.98, REFERENCE), (1.00, REFERENCE), (1.20, REFERENCE)],
+)
+def test_choose_takes_a_kernel_only_beyond_the_margin(t_kernel: float, expected: str) -> None:
+    """Reference 1.0 s: a kernel at 0.96 s (1.042x) wins, at 0.98 s (1.020x) it does not."""
+    choice, why = choose({REFERENCE: 1.0, "triton": t_kernel})
+    assert choice == expected, why
+
+
+def test_choose_picks_the_fastest_kernel_and_needs_the_reference() -> None:
+    assert choose({REFERENCE: 1.0, "triton": 0.8, "partial": 0.5})[0] == "partial"
+    assert choose({REFERENCE: 1.0, "triton": 0.5, "partial": 0.99})[0] == "triton"
+    assert choose({REFERENCE: 1.0})[0] == REFERENCE
+    with pytest.raises(ValueError, match="reference"):
+        choose({"triton": 1.0})
+
+
+def test_signature_key_separates_every_field() -> None:
+    base = _sig()
+    variants = [
+        _sig(shapes=((128, 40, 28, 28),)), _sig(dtype="float16"), _sig(stride=2), _sig(kernel=5),
+        _sig(se=False), _sig(residual=False), _sig(training=False), _sig(device="NVIDIA H100"),
+    ]  # fmt: skip
+    keys = {v.key() for v in variants}
+    assert base.key() not in keys and len(keys) == len(variants)
+
+
+@pytest.mark.parametrize(("t_kernel", "expected"), [(0.9, "triton"), (0.99, REFERENCE)])
+def test_decide_times_each_candidate_once_and_caches(tmp_path, t_kernel, expected) -> None:
+    timer = ForcedTimer({REFERENCE: 1.0, "triton": t_kernel})
+    tuner = Autotuner(GPU, directory=tmp_path, version="1.0", timer=timer)
+    d = tuner.decide(_sig(), _cands(REFERENCE, "triton"))
+    assert (d.choice, d.cached) == (expected, False)
+    assert sorted(timer.calls) == [REFERENCE, "triton"]
+    assert d.times == {REFERENCE: 1.0, "triton": t_kernel}
+    # a hit, in this tuner and in a new one reading the file: no timing
+    assert tuner.decide(_sig(), _cands(REFERENCE, "triton")).cached
+    fresh_timer = ForcedTimer({REFERENCE: 1.0, "triton": 0.1})
+    again = Autotuner(GPU, directory=tmp_path, version="1.0", timer=fresh_timer)
+    d2 = again.decide(_sig(), _cands(REFERENCE, "triton"))
+    assert (d2.choice, d2.cached, fresh_timer.calls) == (expected, True, [])
+    # another signature is measured
+    again.decide(_sig(training=False), _cands(REFERENCE, "triton"))
+    assert sorted(fresh_timer.calls) == [REFERENCE, "triton"]
+
+
+def test_cache_is_per_device_and_version(tmp_path) -> None:
+    def run(device: str, version: str, t_kernel: float) -> tuple[str, bool]:
+        timer = ForcedTimer({REFERENCE: 1.0, "triton": t_kernel})
+        d = Autotuner(device, directory=tmp_path, version=version, timer=timer).decide(
+            _sig(device=device), _cands(REFERENCE, "triton")
+        )
+        return d.choice, d.cached
+
+    assert run(GPU, "1.0", 0.5) == ("triton", False)
+    assert run("NVIDIA H100 80GB HBM3", "1.0", 2.0) == (REFERENCE, False)  # measured again
+    assert run(GPU, "1.1", 2.0) == (REFERENCE, False)  # a new version measures again
+    assert run(GPU, "1.0", 2.0) == ("triton", True)  # the first entry is intact
+    assert len(list(tmp_path.glob("dispatch-*.json"))) == 3
+    assert not list(tmp_path.glob("*.tmp"))  # the atomic writes left no temporary file
+    with pytest.raises(ValueError, match="device"):
+        Autotuner(GPU, directory=tmp_path).decide(_sig(device="cpu"), _cands(REFERENCE))
+
+
+@pytest.mark.parametrize(
+    "content", ["{not json", '["a list"]', '{"format": 999, "entries": {}}', ""]
+)
+def test_corrupt_cache_warns_and_is_rebuilt(tmp_path, content: str) -> None:
+    tuner = Autotuner(GPU, directory=tmp_path, version="1.0",
+                      timer=ForcedTimer({REFERENCE: 1.0, "triton": 0.5}))  # fmt: skip
+    tuner.path.write_text(content)
+    with pytest.warns(UserWarning, match="unreadable dispatch cache.*rebuilt"):
+        d = tuner.decide(_sig(), _cands(REFERENCE, "triton"))
+    assert (d.choice, d.cached) == ("triton", False)
+    data = json.loads(tuner.path.read_text())
+    assert data["entries"][_sig().key()]["choice"] == "triton"
+
+
+def test_cached_choice_that_is_no_longer_a_candidate_is_measured_again(tmp_path) -> None:
+    timer = ForcedTimer({REFERENCE: 1.0, "triton": 0.5, "partial": 0.4})
+    tuner = Autotuner(GPU, directory=tmp_path, version="1.0", timer=timer)
+    assert tuner.decide(_sig(), _cands(REFERENCE, "triton", "partial")).choice == "partial"
+    d = tuner.decide(_sig(), _cands(REFERENCE, "triton"))
+    assert (d.choice, d.cached) == ("triton", False)
+
+
+def test_select_forces_or_measures_and_is_off_by_default(tmp_path, monkeypatch) -> None:
+    timer = ForcedTimer({REFERENCE: 1.0, "triton": 0.5})
+    tuner = Autotuner(GPU, directory=tmp_path, version="1.0", timer=timer)
+    cands = _cands(REFERENCE, "triton")
+    assert select("reference", _sig(), cands, tuner).choice == REFERENCE
+    assert select("triton", _sig(), cands, tuner).choice == "triton"
+    assert timer.calls == []  # forced modes time nothing
+    assert select("auto", _sig(), cands, None).choice == REFERENCE
+    assert select("auto", _sig(), cands, tuner).choice == "triton"
+    with pytest.raises(ValueError, match="auto"):
+        select("fast", _sig(), cands, tuner)
+    monkeypatch.delenv(autotune.ENABLE_ENV, raising=False)
+    assert autotune.tuner_from_env("cpu") is None  # not enabled: today's rule
+    monkeypatch.setenv(autotune.ENABLE_ENV, "1")
+    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "c"))
+    t = autotune.tuner_from_env("cpu")
+    assert t is not None and t.path.parent == tmp_path / "c" and t.device == "cpu"
+
+
+def test_default_dispatch_is_unchanged() -> None:
+    """Measured dispatch is opt-in: auto still runs the reference on CUDA until the kernels are
+    verified."""
+    from fastscarlet.kernels.dispatch import KERNELS_VERIFIED, decide
+
+    assert KERNELS_VERIFIED is False
+    assert decide("auto", on_cuda=True, usable=True, interpret=False)[0] is False
+
+
+def test_time_once_warms_up_then_times_one_call() -> None:
+    calls = []
+    t = autotune.time_once(lambda: calls.append(1), warmup=2)
+    assert len(calls) == 3 and t >= 0.0
+
+
+def test_a_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch) -> None:
+    """Atomic write: the JSON goes to a temporary file that replaces the cache only when whole."""
+    tuner = Autotuner(GPU, directory=tmp_path, version="1.0",
+                      timer=ForcedTimer({REFERENCE: 1.0, "triton": 0.5}))  # fmt: skip
+    tuner.decide(_sig(), _cands(REFERENCE, "triton"))
+    before = tuner.path.read_text()
+
+    def half_dump(obj, f, **kw):
+        f.write('{"format": 1, "entr')
+        raise OSError("disk full")
+
+    monkeypatch.setattr(autotune.json, "dump", half_dump)
+    with pytest.raises(OSError, match="disk full"):
+        tuner.decide(_sig(training=False), _cands(REFERENCE, "triton"))
+    assert tuner.path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == [tuner.path.name]
+
+
+def test_default_version_is_the_installed_library(tmp_path) -> None:
+    import importlib.metadata
+
+    tuner = Autotuner("cpu", directory=tmp_path)
+    assert tuner.version == importlib.metadata.version("fastscarlet") != "unknown"
+    assert tuner.version in tuner.path.name
