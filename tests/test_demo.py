@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from fastscarlet.cli import main
 from fastscarlet.cli.demo import pick
@@ -40,7 +41,9 @@ def test_demo_runs_end_to_end_on_a_small_image_folder(tmp_path, capsys) -> None:
                 (d / f.name).symlink_to(f)
     out = tmp_path / "demo"
     args = ["demo", "--data", str(data), "--out", str(out), "--device", "cpu"]
+    threads = torch.get_num_threads()
     assert main([*args, "--budget-minutes", "0.6"]) == 0
+    assert torch.get_num_threads() == threads  # the caller's setting is restored
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) >= {"best", "front", "seconds", "data", "device"}

@@ -83,7 +83,17 @@ def run(args: argparse.Namespace) -> int:
     recipe = CONFIGS / ("demo_gpu.yaml" if device.type == "cuda" else "demo_cpu.yaml")
     workers = 1 if device.type == "cpu" else 8
     threads = args.threads or max(1, (os.cpu_count() or 2) - workers)
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _run(args, out, device, recipe, workers, threads)
+    finally:
+        torch.set_num_threads(before)  # a caller's process (a test, a notebook) keeps its own
+
+
+def _run(
+    args: argparse.Namespace, out: Path, device: Any, recipe: Path, workers: int, threads: int
+) -> int:
     budget = args.budget_minutes * 60.0
     clock = Clock()
     print(f"fastscarlet demo: {device}, {threads} torch thread(s), budget {budget / 60:.1f} min")
