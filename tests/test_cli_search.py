@@ -163,3 +163,33 @@ def test_objective_directions():
     assert parse_objectives("acc,params:max", "nsga2")[1] == ("params", "max")
     with pytest.raises(ValueError, match="direction must be min or max"):
         parse_objectives("acc:up", "nsga2")
+
+
+def test_latency_objective_from_a_table(supernet, tmp_path):
+    """`--objectives acc,latency --latency-table T --max-latency L`: every front member carries
+    the table's prediction for its genome, and meets the constraint."""
+    from fastscarlet.cost import LatencyModel
+
+    table = tmp_path / "tiny.json"
+    args = ["latency-table", "--space", "tiny", "--resolution", "32", "--rounds", "1"]
+    args += ["--passes", "1", "--calib-subnets", "2", "--no-progress", "--out", str(table)]
+    assert main(args) == 0
+    model = LatencyModel(table)
+    out = tmp_path / "lat"
+    base = search_args(supernet, out, "--latency-table", str(table))
+    i = base.index("--objectives")
+    base[i + 1] = "acc,latency"
+    space = get_space("tiny", num_classes=10)
+    bound = float(sorted(model(g) for g in _all_genomes(space))[len(_all_genomes(space)) // 2])
+    assert main([*base, "--max-latency", str(bound)]) == 0
+    front = json.loads((out / "front.json").read_text())
+    assert front
+    for rec in front:
+        assert rec["latency"] == pytest.approx(model(rec["genome"]), rel=1e-9)
+        assert rec["latency"] <= bound
+
+
+def _all_genomes(space) -> list[tuple[int, ...]]:
+    import itertools
+
+    return list(itertools.product(*(layer.allowed for layer in space.layers)))
