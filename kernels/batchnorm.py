@@ -20,7 +20,10 @@ relative error of var is ~1e-5 in fp32), which is well inside the bf16 budget.
 Kernels here: :func:`_bn_train_finalize_kernel`, :func:`_bn_gram_finalize_kernel` (the same from
 the Gram matrix of the conv's input, for the BN after the expand conv), :func:`_bn_bwd_coef_kernel`
 (tiny), :func:`_bn_bwd_reduce_kernel` (the two backward sums of a tensor that no
-kernel produced in-epilogue: the block output's ``dy``), :func:`_affine_act_kernel` (the block's
+kernel produced in-epilogue: the block output's ``dy``; or, as :func:`channel_sums`, the forward
+sums of such a tensor: cuDNN's depthwise output in :mod:`.mbconv_partial`),
+:func:`_bn_eval_fold_kernel` (eval-mode BN as a ``(scale, shift)`` pair for a consumer's
+``PRO_AFFINE`` prologue), :func:`_affine_act_kernel` (the block's
 last BN + residual, or the SE pooling of ``act(BN(z))``) and :func:`_bn_bwd_apply_kernel` (``dz``
 of the depthwise output, with the SE pooling term). On the host, :func:`update_running_stats`
 moves the BN buffers with the finalized statistics. :func:`batch_norm_ref` is the reference the
@@ -145,11 +148,24 @@ def _bn_bwd_coef_kernel(
 
 
 @triton.jit
+def _bn_eval_fold_kernel(
+    gamma_ptr, beta_ptr, mean_ptr, var_ptr, out_ptr, C, eps, BLOCK: tl.constexpr
+):
+    """``out [2, C]`` = eval-mode BN's ``(scale, shift)`` (:func:`bn_eval_affine`)."""
+    c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = c < C
+    scale, shift = bn_eval_affine(gamma_ptr, beta_ptr, mean_ptr, var_ptr, c, ok, eps)
+    tl.store(out_ptr + c, scale, mask=ok)
+    tl.store(out_ptr + C + c, shift, mask=ok)
+
+
+@triton.jit
 def _bn_bwd_reduce_kernel(
     g_ptr, z_ptr, mean_ptr, rstd_ptr, sums_ptr, P, C,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ALIGN: tl.constexpr,
+    SQUARES: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ALIGN: tl.constexpr,
 ):  # fmt: skip
     """``sums[0, c] += sum_p g``, ``sums[1, c] += sum_p g * (z - mean) * rstd`` (grid-stride);
+    with ``SQUARES``, ``sums[1, c] += sum_p g^2`` (``z``, ``mean``, ``rstd`` unread).
     ``ALIGN`` divides ``C`` (:mod:`.alignment`)."""
     C = assume_multiple(C, ALIGN)
     pid_p = tl.program_id(0)
@@ -165,9 +181,12 @@ def _bn_bwd_reduce_kernel(
         m = (p < P)[:, None] & c_ok[None, :]
         base = tl.cast(tile, tl.int64) * BLOCK_P * C  # 64-bit scalar, int32 offsets in the tile
         g = tl.load(g_ptr + base + local, mask=m, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + base + local, mask=m, other=0.0).to(tl.float32)
         s1 += tl.sum(g, axis=0)
-        s2 += tl.sum(tl.where(m, g * (z - mean[None, :]) * rstd[None, :], 0.0), axis=0)
+        if SQUARES:  # masked entries are 0
+            s2 += tl.sum(g * g, axis=0)
+        else:
+            z = tl.load(z_ptr + base + local, mask=m, other=0.0).to(tl.float32)
+            s2 += tl.sum(tl.where(m, g * (z - mean[None, :]) * rstd[None, :], 0.0), axis=0)
     tl.atomic_add(sums_ptr + c, s1, mask=c_ok)
     tl.atomic_add(sums_ptr + C + c, s2, mask=c_ok)
 
@@ -268,6 +287,21 @@ def bn_gram_finalize(
     return out
 
 
+def bn_eval_fold(
+    gamma: torch.Tensor, beta: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float,
+    out: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    """``out [2, C]`` fp32 = ``(scale, shift)`` of eval-mode BN (running statistics), for a
+    consumer that applies an affine (``PRO_AFFINE``, :func:`affine_act`) rather than BN-eval."""
+    C = gamma.shape[0]
+    block = 64 if interpreting(gamma.device) else 1024
+    launch(
+        _bn_eval_fold_kernel, (cdiv(C, block),), gamma, beta, mean, var, out, C, float(eps),
+        BLOCK=block, num_warps=4, num_stages=1,
+    )  # fmt: skip
+    return out
+
+
 def bn_bwd_coef(
     sums: torch.Tensor, stats: torch.Tensor, gamma: torch.Tensor, coef: torch.Tensor,
     dgamma: torch.Tensor, dbeta: torch.Tensor, count: int,
@@ -293,12 +327,25 @@ def bn_bwd_reduce(
     g: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, sums: torch.Tensor
 ) -> None:
     """``sums [2, C]`` (zeroed) += (sum g, sum g * (z - mean) * rstd) over the rows of g, z."""
+    _reduce(g, z, mean, rstd, sums, squares=False)
+
+
+def channel_sums(z: torch.Tensor, sums: torch.Tensor) -> None:
+    """``sums [2, C]`` (zeroed) += (sum z, sum z^2) over the rows of ``z [P, C]``: the input of
+    :func:`bn_train_finalize` for a tensor whose producer summed nothing (a cuDNN conv's output)."""
+    _reduce(z, z, sums, sums, sums, squares=True)
+
+
+def _reduce(
+    g: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, sums: torch.Tensor,
+    *, squares: bool,
+) -> None:  # fmt: skip
     P, C = g.shape
     bp, bc = _block_pc(C, g.device)
     ct = cdiv(C, bc)
     progs = split_for(cdiv(P, bp), ct, 8 * num_sms(g.device) if not interpreting(g.device) else 2)
     launch(
-        _bn_bwd_reduce_kernel, (progs, ct), g, z, mean, rstd, sums, P, C,
+        _bn_bwd_reduce_kernel, (progs, ct), g, z, mean, rstd, sums, P, C, SQUARES=squares,
         BLOCK_P=bp, BLOCK_C=bc, ALIGN=channel_align(C), num_warps=4, num_stages=2,
     )  # fmt: skip
 
@@ -418,7 +465,9 @@ __all__ = [
     "bn_bwd_coef",
     "bn_bwd_reduce",
     "bn_eval_affine",
+    "bn_eval_fold",
     "bn_gram_finalize",
     "bn_train_finalize",
+    "channel_sums",
     "update_running_stats",
 ]

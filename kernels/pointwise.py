@@ -21,7 +21,10 @@ is never written normalised:
 Epilogues (on the fp32 accumulator): ``EPI_BIAS`` (+ bias[o]), ``EPI_BN_EVAL`` (BN with running
 statistics, folded in-kernel from gamma/beta/mean/var: no host-side folding launches), an
 activation, a residual add, and ``STATS``: per-channel sum and sum of squares of the result for a
-training-mode BN that the *next* kernel applies.
+training-mode BN that the *next* kernel applies. ``EPI_ACT_BWD`` turns the GEMM into a backward
+step: with the accumulator ``z`` (an expand conv's raw output rebuilt from its input),
+``du = g * act'(z * scale + shift)`` for a gradient ``g`` read at the output rows, and ``STATS``
+then sums ``du`` and ``du * (z - mean) * rstd`` (the BN backward's two sums).
 
 Strides: a 1x1 conv with stride ``s`` reads pixel ``(n, h*s, w*s)`` for output ``(n, h, w)``
 (``IN_STRIDE``); its input gradient writes there (``OUT_STRIDE``, into a zeroed tensor).
@@ -38,13 +41,13 @@ import triton
 import triton.language as tl
 from torch.nn import functional as F
 
-from .activations import act_code, act_fwd
+from .activations import act_code, act_fwd, act_grad
 from .alignment import assume_multiple, channel_align
 from .batchnorm import bn_eval_affine
 from .launch import cdiv, clamp_pow2, interpreting, launch, num_sms, split_for
 
 PRO_NONE, PRO_AFFINE, PRO_BN_BWD, PRO_BN_BWD_X, PRO_APPEND_ONE = 0, 1, 2, 3, 4
-EPI_NONE, EPI_BIAS, EPI_BN_EVAL, EPI_AFFINE = 0, 1, 2, 3
+EPI_NONE, EPI_BIAS, EPI_BN_EVAL, EPI_AFFINE, EPI_ACT_BWD = 0, 1, 2, 3, 4
 
 
 @triton.jit
@@ -122,9 +125,12 @@ def _pw_conv_fwd_kernel(
     kr = tl.arange(0, BLOCK_K)
     if EPI == 1:
         e_shift = tl.load(ea_ptr + o, mask=o_ok, other=0.0).to(tl.float32)
-    if EPI == 3:
+    if EPI == 3 or EPI == 4:
         e_scale = tl.load(ea_ptr + o, mask=o_ok, other=0.0)
         e_shift = tl.load(eb_ptr + o, mask=o_ok, other=0.0)
+    if EPI == 4:
+        e_mean = tl.load(ec_ptr + o, mask=o_ok, other=0.0)
+        e_rstd = tl.load(ed_ptr + o, mask=o_ok, other=0.0)
     if EPI == 2:
         e_scale, e_shift = bn_eval_affine(ea_ptr, eb_ptr, ec_ptr, ed_ptr, o, o_ok, eps)
     if STATS:
@@ -176,10 +182,15 @@ def _pw_conv_fwd_kernel(
                 acc = tl.dot(v.to(a_ptr.dtype.element_ty), wt.to(a_ptr.dtype.element_ty), acc)
         if EPI == 1:
             acc = acc + e_shift[None, :]
-        if EPI == 2 or EPI == 3:
-            acc = acc * e_scale[None, :] + e_shift[None, :]
-        acc = act_fwd(acc, EPI_ACT)
         om = p_ok[:, None] & o_ok[None, :]
+        if EPI == 4:  # du = g * act'(BN(z)); g read at the output rows (res_ptr; may be out_ptr)
+            g = tl.load(res_ptr + rout[:, None] * NOUT + o[None, :], mask=om, other=0.0)
+            xhat = (acc - e_mean[None, :]) * e_rstd[None, :]
+            acc = g.to(tl.float32) * act_grad(acc * e_scale[None, :] + e_shift[None, :], EPI_ACT)
+        else:
+            if EPI == 2 or EPI == 3:
+                acc = acc * e_scale[None, :] + e_shift[None, :]
+            acc = act_fwd(acc, EPI_ACT)
         if RESIDUAL:
             acc += tl.load(res_ptr + rout[:, None] * NOUT + o[None, :], mask=om, other=0.0).to(
                 tl.float32
@@ -188,7 +199,10 @@ def _pw_conv_fwd_kernel(
         if STATS:
             accm = tl.where(om, acc, 0.0)
             s_acc += tl.sum(accm, axis=0)
-            q_acc += tl.sum(accm * accm, axis=0)
+            if EPI == 4:
+                q_acc += tl.sum(accm * xhat, axis=0)
+            else:
+                q_acc += tl.sum(accm * accm, axis=0)
     if STATS:
         tl.atomic_add(stats_ptr + o, s_acc, mask=o_ok)
         tl.atomic_add(stats_ptr + NOUT + o, q_acc, mask=o_ok)
@@ -300,6 +314,7 @@ def pw_conv_fwd(
     epi_act: str = "none",
     residual: torch.Tensor | None = None,
     stats: torch.Tensor | None = None,
+    epi_grad: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Launch :func:`_pw_conv_fwd_kernel`.
 
@@ -316,9 +331,16 @@ def pw_conv_fwd(
             the second tensor, same rows as ``a``) and ``PRO_BN_BWD_X`` (``z = x @ z_weight^T``
             rebuilt from ``x`` = the ``z`` argument ``[rows_out, Cin]``, read at the output rows).
         epi_vecs: ``(bias,)`` for ``EPI_BIAS``; ``(gamma, beta, running_mean, running_var)`` for
-            ``EPI_BN_EVAL``; ``(scale, shift)`` for ``EPI_AFFINE``.
-        stats: fp32 ``[2, NOUT]``, zeroed: receives sum and sum of squares of the output.
+            ``EPI_BN_EVAL``; ``(scale, shift)`` for ``EPI_AFFINE``; ``(scale, shift, mean, rstd)``
+            for ``EPI_ACT_BWD``, which with ``epi_grad = g [rows_out, NOUT]`` (may be ``out``: in
+            place) writes ``du = g * epi_act'(acc * scale + shift)`` instead of an activation.
+        stats: fp32 ``[2, NOUT]``, zeroed: receives sum and sum of squares of the output (with
+            ``EPI_ACT_BWD``: ``sum du`` and ``sum du * (acc - mean) * rstd``).
     """
+    if (epi == EPI_ACT_BWD) != (epi_grad is not None):
+        raise ValueError("epi_grad is the gradient input of EPI_ACT_BWD, and only of it")
+    if epi_grad is not None and residual is not None:
+        raise ValueError("EPI_ACT_BWD has no residual add")
     rows_c = a.shape[0] if geom is None else geom[0] * geom[1] * geom[2]
     K = a.shape[1]
     NOUT = out.shape[1]
@@ -350,7 +372,7 @@ def pw_conv_fwd(
         _pw_conv_fwd_kernel,
         (progs, n_tiles),
         a, z if z is not None else a, z_weight if z_weight is not None else a, weight, out,
-        residual if residual is not None else a,
+        residual if residual is not None else epi_grad if epi_grad is not None else a,
         vec[0], vec[1], vec[2], gate if gate is not None else a,
         evec[0], evec[1], evec[2], evec[3], stats if stats is not None else a,
         rows_c, K, NOUT, hc * wc, wc, hin, win, hout, wout, stride_wn, stride_wk, float(eps),
@@ -359,7 +381,7 @@ def pw_conv_fwd(
         BLOCK_CZ=clamp_pow2(cin_z, 16, 32),
         EPI=epi, EPI_ACT=act_code(epi_act), RESIDUAL=residual is not None,
         STATS=stats is not None, IN_STRIDE=in_stride, OUT_STRIDE=out_stride,
-        DOT_F32=a.dtype == torch.float32, WIDE=_wide(a, out, z, residual),
+        DOT_F32=a.dtype == torch.float32, WIDE=_wide(a, out, z, residual, epi_grad),
         BLOCK_P=bp, BLOCK_N=bn, BLOCK_K=bk, ALIGN_K=channel_align(K), ALIGN_N=channel_align(NOUT),
         ALIGN_Z=channel_align(cin_z), ALIGN_WN=channel_align(stride_wn),
         ALIGN_WK=channel_align(stride_wk), num_warps=warps, num_stages=stages,
@@ -444,6 +466,7 @@ def conv1x1_ref(x: torch.Tensor, weight: torch.Tensor, stride: int = 1) -> torch
 
 
 __all__ = [
+    "EPI_ACT_BWD",
     "EPI_AFFINE",
     "EPI_BIAS",
     "EPI_BN_EVAL",

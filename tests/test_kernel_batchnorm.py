@@ -100,6 +100,29 @@ def test_finalize_and_backward_coefficients() -> None:
     _close(red, dsums, 1e-4)
 
 
+@needs_interpreter
+@pytest.mark.interpreter
+def test_channel_sums_and_eval_fold() -> None:
+    """``channel_sums``: (sum z, sum z^2) per channel of rows that no epilogue summed (P not a
+    multiple of the tile); ``bn_eval_fold``: eval BN as (scale, shift) equals ``F.batch_norm``."""
+    from fastscarlet.kernels import batchnorm as bn
+
+    g = torch.Generator().manual_seed(5)
+    P, C = 301, 40
+    z = torch.randn(P, C, generator=g) * 2 + 1
+    sums = torch.zeros(2, C)
+    bn.channel_sums(z, sums)
+    _close(sums[0], z.double().sum(0))
+    _close(sums[1], z.double().square().sum(0))
+    gamma, beta = torch.rand(C, generator=g) + 0.5, torch.randn(C, generator=g)
+    mean, var = torch.randn(C, generator=g), torch.rand(C, generator=g) + 0.5
+    fold = torch.empty(2, C)
+    bn.bn_eval_fold(gamma, beta, mean, var, 1e-3, fold)
+    want = torch.nn.functional.batch_norm(z.double(), mean.double(), var.double(),
+                                          gamma.double(), beta.double(), False, 0.0, 1e-3)  # fmt: skip
+    _close(z.double() * fold[0].double() + fold[1].double(), want)
+
+
 def _batches(C: int, seed: int) -> list[torch.Tensor]:
     """Three ``[N, C, H, W]`` batches with different means and spreads, so that the running
     statistics of a cumulative average differ from any fixed momentum's."""

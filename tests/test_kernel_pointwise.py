@@ -84,6 +84,40 @@ def test_pw_conv_fwd(pro: str, epi: str, extras: str) -> None:
         _close(stats[1], ref.square().sum((0, 2, 3)))
 
 
+@pytest.mark.parametrize(("act", "s", "in_place"), [("hswish", 1, True), ("relu6", 2, False)])
+def test_pw_conv_fwd_act_bwd_epilogue(act: str, s: int, in_place: bool) -> None:
+    """``EPI_ACT_BWD``: the GEMM rebuilds ``z = x W^T`` (stride ``s``) and writes
+    ``du = g * act'(z * scale + shift)`` (over ``g`` when in place), with the BN backward sums
+    ``sum du`` and ``sum du * (z - mean) * rstd`` in ``stats``. The stride-1 case's ``z`` crosses
+    the activation's kinks (hswish at +-3) on many elements."""
+    from fastscarlet.kernels import pointwise as pw
+    from fastscarlet.kernels.activations import act_grad_ref
+
+    gen = torch.Generator().manual_seed(4)
+    N, CIN, E, H = 2, 12, 40, 9
+    Ho = (H - 1) // s + 1
+    x = torch.randn(N, CIN, H, H, generator=gen).contiguous(memory_format=CL)
+    w = torch.randn(E, CIN, generator=gen) / 2
+    grad = torch.randn(N, E, Ho, Ho, generator=gen).contiguous(memory_format=CL)
+    scale, shift = torch.rand(E, generator=gen) + 0.5, torch.randn(E, generator=gen)
+    mean, rstd = torch.randn(E, generator=gen), torch.rand(E, generator=gen) + 0.5
+    z = conv1x1_ref(x.double(), w.double()[:, :, None, None], s)
+    c = (slice(None), None, None)
+    du = grad.double() * act_grad_ref(z * scale.double()[c] + shift.double()[c], act)
+    xhat = (z - mean.double()[c]) * rstd.double()[c]
+    out = grad if in_place else torch.empty_like(grad)
+    stats = torch.zeros(2, E)
+    pw.pw_conv_fwd(
+        _rows(x), w, _rows(out), geom=(N, Ho, Ho, H, H), in_stride=s, epi=pw.EPI_ACT_BWD,
+        epi_vecs=(scale, shift, mean, rstd), epi_act=act, epi_grad=_rows(grad), stats=stats,
+    )  # fmt: skip
+    _close(out, du)
+    _close(stats[0], du.sum((0, 2, 3)))
+    _close(stats[1], (du * xhat).sum((0, 2, 3)))
+    with pytest.raises(ValueError, match="epi_grad"):
+        pw.pw_conv_fwd(_rows(x), w, _rows(out), epi=pw.EPI_ACT_BWD)
+
+
 def test_pw_conv_fwd_transposed_weight_scatters_into_strided_rows() -> None:
     """The input gradient of a stride-2 1x1 conv: dx = scatter(dy @ W), zero on skipped pixels."""
     from fastscarlet.kernels.pointwise import pw_conv_fwd

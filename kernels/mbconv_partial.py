@@ -1,0 +1,539 @@
+"""The MBConv block as a partial fusion: every step on the Triton kernels except the depthwise
+conv, which is PyTorch's own (cuDNN on CUDA), forward and backward (issue 19 item 2).
+
+The whole-block path (:mod:`.mbconv`, :mod:`.mbconv_host`) lost to eager on an H100 because of
+its depthwise kernels, while its fused expand GEMM beat cuDNN. This candidate keeps the GEMMs with
+their BN/activation/SE prologues and epilogues and hands the depthwise conv to
+``F.conv2d(..., groups=E)`` / ``aten.convolution_backward`` on channels_last views of the
+``[P, E]`` row buffers (no copies when PyTorch's conv keeps channels_last, as cuDNN does).
+
+Notation as in :mod:`.mbconv_host`: x ``[N, Cin, H, W]`` channels_last (``[P1, Cin]`` rows after
+the expand stride), hidden ``E``, output ``[N, Cout, Ho, Wo]`` (``[P2, Cout]`` rows).
+
+**Inference** (eval BN; 3 launches + the depthwise conv, 6 + it with SE)
+  1. ``h1 = act(BN1(x W1^T))``                          (pw GEMM, BN1-eval + act epilogue)
+  2. ``z2 = dw(h1)``                                   (PyTorch)
+  3. BN2-eval folded to ``(scale, shift)``             (tiny)
+  4. [SE] pool ``mean_hw act(BN2(z2))`` (:func:`.batchnorm.affine_act`, nothing stored); 2 SE convs
+  5. ``y = BN3((act(BN2(z2)) * g) W3^T) (+ x)``        (pw GEMM: BN2 + act + gate prologue,
+     BN3-eval epilogue, residual), so ``act(BN2(z2))`` is never written.
+
+**Training forward** (8 launches + the depthwise conv, 11 + it with SE)
+  1. Gram matrix ``[x, 1]^T x``; 2. BN1 statistics from it (as :mod:`.mbconv_host`: the expand
+  epilogue can then apply BN1 + act, and ``z1`` never exists); 3. ``a1 = act(BN1(x W1^T))``
+  4. ``z2 = dw(a1)`` (PyTorch); 5. sums of ``z2`` and ``z2^2`` (:func:`.batchnorm.channel_sums`:
+  cuDNN has no statistics epilogue); 6. BN2 finalize; 7. [SE] pool + 2 SE convs
+  8. ``z3 = (act(BN2(z2)) * g) W3^T`` + sums of z3; 9. BN3 finalize; 10. ``y = BN3(z3) (+ x)``
+
+**Training backward** (9 launches + the depthwise backward + the SE MLP's tiny ones)
+  1-6 as :func:`.mbconv_host.mbconv_train_bwd_impl`: BN3 sums and coefficients,
+  :func:`.mbconv_kernels.project_bwd` (``du2``, the SE and BN2 sums, ``dW3``), the SE MLP
+  backward, BN2 coefficients, ``dz2`` in place; 7. ``da1, dWdw`` from
+  ``aten.convolution_backward`` (PyTorch); 8. ``du1 = da1 * act'(BN1(z1))`` in place over ``da1``,
+  with ``z1 = x W1^T`` rebuilt by the expand GEMM and BN1's two backward sums in its epilogue
+  (``EPI_ACT_BWD``); 9. BN1 coefficients; 10. ``dx = dz1 W1 (+ dy)``, 11. ``dW1 = dz1^T x``
+  (both rebuild ``dz1 = A1 du1 + B1 z1 + C1`` from ``x``, as the whole-block path does).
+
+**a1 is kept from the forward, not recomputed.** The depthwise backward needs its input ``a1``.
+The whole-block path rebuilds it per tile inside its own depthwise kernel; a cuDNN call cannot,
+so rebuilding would be a second expand GEMM in the backward: one more read of ``x`` and one more
+write of ``a1`` (``|a1| (1 + Cin/E)`` bytes, ~0.2 ms for layer 1 of Scarlet-A at batch 256 on an
+H100's 3.35 TB/s), plus a launch. Keeping it costs ``|a1|`` of memory per block until the
+backward, which eager PyTorch also holds (it saves the depthwise input, and BN1's and the
+activation's inputs besides), so the partial path still keeps less than eager. ``z1``, which BN1's
+backward needs and ``a1`` cannot give back (``act`` is not invertible), is rebuilt from ``x`` in
+step 8's GEMM (``Cin`` MACs per value on the tensor cores, ``|x|`` = ``Cin/E`` of ``|a1|`` read).
+
+The three steps run as ``fastscarlet::mbconv_partial_*`` custom ops (fake implementations for
+torch.compile) under :class:`MBConvPartialTrainFunction`; :func:`mbconv_partial_forward` is the
+entry point and :func:`partial_unsupported_reason` the support check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .activations import module_act_name
+from .batchnorm import (
+    MEAN,
+    RSTD,
+    SCALE,
+    SHIFT,
+    STAT_ROWS,
+    affine_act,
+    bn_bwd_apply,
+    bn_bwd_coef,
+    bn_bwd_reduce,
+    bn_eval_fold,
+    bn_gram_finalize,
+    bn_train_finalize,
+    channel_sums,
+    update_running_stats,
+)
+from .launch import call_op
+from .mbconv import unsupported_reason
+from .mbconv_host import (
+    _se_gate_fwd,
+    _se_mlp_bwd,
+    block_geometry,
+    empty_channels_last,
+    rows,
+    stat_blocks,
+    w2d,
+)
+from .mbconv_kernels import project_bwd
+from .pointwise import (
+    EPI_ACT_BWD,
+    EPI_AFFINE,
+    EPI_BN_EVAL,
+    PRO_AFFINE,
+    PRO_BN_BWD_X,
+    pw_conv_fwd,
+    pw_conv_wgrad,
+)
+
+CL = torch.channels_last
+_T = torch.Tensor
+_OT = torch.Tensor | None
+
+
+# ---------------------------------------------------------------------------------------------
+# The depthwise conv on PyTorch, on channels_last views of row buffers.
+# ---------------------------------------------------------------------------------------------
+
+
+def _image(r: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
+    """``[n*h*w, C]`` rows -> the ``[n, C, h, w]`` channels_last tensor they store (a view)."""
+    return r.view(n, h, w, r.shape[1]).permute(0, 3, 1, 2)
+
+
+def _rows_of(t: torch.Tensor) -> torch.Tensor:
+    """A conv result as ``[P, C]`` rows: a view when PyTorch kept channels_last, else a copy."""
+    return rows(t.contiguous(memory_format=CL))
+
+
+def _no_autocast(t: torch.Tensor):
+    """The depthwise conv runs in the block's dtype whatever autocast says (its weight is cast
+    to that dtype here, as the Triton kernels cast theirs in-kernel)."""
+    return torch.autocast("cuda", enabled=False) if t.is_cuda else contextlib.nullcontext()
+
+
+def dw_forward(a: torch.Tensor, wdw: torch.Tensor, geom: tuple[int, int, int], stride: int):
+    """``z = dw(a)``: the depthwise kxk conv (zero padding ``k // 2``) of the rows ``a [N*H*W, E]``
+    on the grid ``geom = (N, H, W)``, by ``F.conv2d``; returns ``[N*Ho*Wo, E]`` rows."""
+    N, H, W = geom
+    E, k = a.shape[1], wdw.shape[-1]
+    with _no_autocast(a):
+        z = F.conv2d(_image(a, N, H, W), wdw.to(a.dtype), None, stride, k // 2, 1, E)
+    return _rows_of(z)
+
+
+def dw_backward(
+    dz: torch.Tensor, a: torch.Tensor, wdw: torch.Tensor, geom: tuple[int, int, int], stride: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input and weight gradient of :func:`dw_forward` for ``dz [N*Ho*Wo, E]`` rows, by
+    ``aten.convolution_backward``: ``(da [N*H*W, E] rows, dW [E, k*k])`` in ``a``'s dtype."""
+    N, H, W = geom
+    E, k = a.shape[1], wdw.shape[-1]
+    Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
+    with _no_autocast(a):
+        da, dw, _ = torch.ops.aten.convolution_backward(
+            _image(dz, N, Ho, Wo), _image(a, N, H, W), wdw.to(a.dtype), None, [stride, stride],
+            [k // 2, k // 2], [1, 1], False, [0, 0], E, [True, True, False],
+        )  # fmt: skip
+    return _rows_of(da), dw.reshape(E, k * k)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch sequences (see the module doc).
+# ---------------------------------------------------------------------------------------------
+
+
+def partial_infer_impl(
+    x: _T, w1: _T, g1: _T, b1: _T, m1: _T, v1: _T, wdw: _T, g2: _T, b2: _T, m2: _T, v2: _T,
+    w3: _T, g3: _T, b3: _T, m3: _T, v3: _T, sw1: _OT, sb1: _OT, sw2: _OT, sb2: _OT,
+    stride: int, expand_stride: int, act: str, se_act: str, se_gate: str, residual: bool,
+    eps1: float, eps2: float, eps3: float,
+) -> _T:  # fmt: skip
+    g = block_geometry(x, w1, w3, stride, expand_stride)
+    xr = rows(x)
+    h1 = torch.empty((g.P1, g.hidden), dtype=x.dtype, device=x.device)
+    pw_conv_fwd(
+        xr, w2d(w1), h1, geom=(g.N, g.Hs, g.Ws, g.H, g.W), in_stride=expand_stride,
+        epi=EPI_BN_EVAL, epi_vecs=(g1, b1, m1, v1), eps=eps1, epi_act=act,
+    )  # fmt: skip
+    z2 = dw_forward(h1, wdw, (g.N, g.Hs, g.Ws), stride)
+    del h1
+    bn2 = bn_eval_fold(g2, b2, m2, v2, eps2, torch.empty((2, g.hidden), dtype=torch.float32,
+                                                          device=x.device))  # fmt: skip
+    gate = None
+    if sw1 is not None:
+        assert sb1 is not None and sw2 is not None and sb2 is not None
+        se_buf = torch.zeros((2, g.N, g.hidden), dtype=torch.float32, device=x.device)
+        affine_act(z2, bn2[0], bn2[1], (g.N, g.Ho * g.Wo), act=act, pool=se_buf[0])
+        gate = _se_gate_fwd(se_buf[0], sw1, sb1, sw2, sb2, se_act, se_gate, se_buf[1])
+    y = empty_channels_last(g.N, g.cout, g.Ho, g.Wo, x)
+    pw_conv_fwd(
+        z2, w2d(w3), rows(y), geom=(g.N, g.Ho, g.Wo, g.Ho, g.Wo), pro=PRO_AFFINE,
+        pro_vecs=(bn2[0], bn2[1]), pro_act=act, gate=gate, epi=EPI_BN_EVAL,
+        epi_vecs=(g3, b3, m3, v3), eps=eps3, residual=xr if residual else None,
+    )  # fmt: skip
+    return y
+
+
+def partial_train_fwd_impl(
+    x: _T, w1: _T, g1: _T, b1: _T, wdw: _T, g2: _T, b2: _T, w3: _T, g3: _T, b3: _T,
+    sw1: _OT, sb1: _OT, sw2: _OT, sb2: _OT, stride: int, expand_stride: int, act: str,
+    se_act: str, se_gate: str, residual: bool, eps1: float, eps2: float, eps3: float,
+) -> tuple[_T, _T, _T, _T, _T, _T]:  # fmt: skip
+    g = block_geometry(x, w1, w3, stride, expand_stride)
+    dev, dt, E, cin = x.device, x.dtype, g.hidden, g.cin
+    f32 = dict(dtype=torch.float32, device=dev)
+    xr = rows(x)
+    grid1 = (g.N, g.Hs, g.Ws, g.H, g.W)
+    # one memset for the atomic accumulators: Gram matrix of x, sums of z2 and of z3
+    acc = torch.zeros((cin + 1) * cin + 2 * E + 2 * g.cout, **f32)
+    gram = acc[: (cin + 1) * cin].view(cin + 1, cin)
+    s2 = acc[(cin + 1) * cin :][: 2 * E].view(2, E)
+    s3 = acc[(cin + 1) * cin + 2 * E :].view(2, g.cout)
+    stats = torch.empty(STAT_ROWS * (2 * E + g.cout), **f32)
+    st1, st2, st3 = stat_blocks(stats, E, g.cout)
+    pw_conv_wgrad(
+        xr, xr, gram, geom=grid1, a_stride=expand_stride, a_hw=(g.H, g.W), b_stride=expand_stride,
+        append_one=True,
+    )  # fmt: skip
+    bn_gram_finalize(gram, w2d(w1), g1, b1, st1, g.P1, eps1)
+    a1 = torch.empty((g.P1, E), dtype=dt, device=dev)  # kept for the depthwise backward
+    pw_conv_fwd(
+        xr, w2d(w1), a1, geom=grid1, in_stride=expand_stride, epi=EPI_AFFINE,
+        epi_vecs=(st1[SCALE], st1[SHIFT]), epi_act=act,
+    )  # fmt: skip
+    z2 = dw_forward(a1, wdw, (g.N, g.Hs, g.Ws), stride)
+    channel_sums(z2, s2)
+    bn_train_finalize(s2, g2, b2, st2, g.P2, eps2)
+    gate = None
+    if sw1 is not None:
+        assert sb1 is not None and sw2 is not None and sb2 is not None
+        se_buf = torch.zeros((2, g.N, E), **f32)  # [pooled mean m, gate g]
+        affine_act(z2, st2[SCALE], st2[SHIFT], (g.N, g.Ho * g.Wo), act=act, pool=se_buf[0])
+        gate = _se_gate_fwd(se_buf[0], sw1, sb1, sw2, sb2, se_act, se_gate, se_buf[1])
+    else:
+        se_buf = torch.empty(0, **f32)
+    z3 = torch.empty((g.P2, g.cout), dtype=dt, device=dev)
+    pw_conv_fwd(
+        z2, w2d(w3), z3, geom=(g.N, g.Ho, g.Wo, g.Ho, g.Wo), pro=PRO_AFFINE,
+        pro_vecs=(st2[SCALE], st2[SHIFT]), pro_act=act, gate=gate, stats=s3,
+    )  # fmt: skip
+    bn_train_finalize(s3, g3, b3, st3, g.P2, eps3)
+    y = empty_channels_last(g.N, g.cout, g.Ho, g.Wo, x)
+    affine_act(
+        z3, st3[SCALE], st3[SHIFT], (g.N, g.Ho * g.Wo), out=rows(y),
+        residual=xr if residual else None,
+    )  # fmt: skip
+    return y, a1, z2, z3, stats, se_buf
+
+
+def partial_train_bwd_impl(
+    dy: _T, x: _T, a1: _T, z2: _T, z3: _T, stats: _T, se_buf: _T, w1: _T, g1: _T, wdw: _T,
+    g2: _T, w3: _T, g3: _T, sw1: _OT, sb1: _OT, sw2: _OT, sb2: _OT, stride: int,
+    expand_stride: int, act: str, se_act: str, se_gate: str, residual: bool, need_dx: bool,
+) -> tuple[_T, ...]:  # fmt: skip
+    g = block_geometry(x, w1, w3, stride, expand_stride)
+    dev, E = x.device, g.hidden
+    f32 = dict(dtype=torch.float32, device=dev)
+    has_se = sw1 is not None
+    HW2 = g.Ho * g.Wo
+    dyr, xr, w1r = rows(dy), rows(x), w2d(w1)
+    st1, st2, st3 = stat_blocks(stats, E, g.cout)
+    # zeroed accumulators (one memset): BN3, BN2, BN1 backward sums, the SE per-image sums
+    ws = torch.zeros(2 * g.cout + 4 * E + (3 * g.N * E if has_se else 0), **f32)
+    s3 = ws[: 2 * g.cout].view(2, g.cout)
+    r2 = ws[2 * g.cout : 2 * g.cout + 2 * E]
+    r1 = ws[2 * g.cout + 2 * E :][: 2 * E].view(2, E)
+    se_sums = ws[2 * g.cout + 4 * E :].view(3, g.N, E) if has_se else None
+    coef = torch.empty(3 * (g.cout + 2 * E), **f32)
+    c3 = coef[: 3 * g.cout].view(3, g.cout)
+    c2 = coef[3 * g.cout : 3 * g.cout + 3 * E].view(3, E)
+    c1 = coef[3 * g.cout + 3 * E :].view(3, E)
+    # separate tensors: a custom op's outputs may not share storage
+    dg3, db3 = torch.empty(g.cout, **f32), torch.empty(g.cout, **f32)
+    dg2, db2 = torch.empty(E, **f32), torch.empty(E, **f32)
+    dg1, db1 = torch.empty(E, **f32), torch.empty(E, **f32)
+    dw3 = torch.zeros((g.cout, E), **f32)
+    dw1 = torch.zeros((E, g.cin), **f32)
+
+    # BN3 backward (dz3 = A3 dy + B3 z3 + C3), then the project conv, SE gate and act into BN2
+    bn_bwd_reduce(dyr, z3, st3[MEAN], st3[RSTD], s3)
+    bn_bwd_coef(s3, st3, g3, c3, dg3, db3, g.P2)
+    gate = se_buf[1] if has_se else None
+    dz2 = torch.empty((g.P2, E), dtype=x.dtype, device=dev)
+    fused = project_bwd(dyr, z3, c3, w2d(w3), z2, st2, gate, dz2, r2, se_sums, dw3, (g.N, HW2), act)
+    if not fused:
+        pw_conv_wgrad(
+            dyr, z2, dw3, geom=(g.N, g.Ho, g.Wo, g.Ho, g.Wo), pro_a_vecs=(c3[0], c3[1], c3[2]),
+            z=z3, pro_b_vecs=(st2[SCALE], st2[SHIFT]), pro_b_act=act, gate=gate,
+        )  # fmt: skip
+    se_grads = [torch.empty(0, **f32) for _ in range(4)]  # distinct: outputs may not alias
+    se_term = None
+    if has_se:
+        assert se_sums is not None and sb1 is not None and sw2 is not None and sb2 is not None
+        dm, *se_grads = _se_mlp_bwd(se_buf[0], se_sums[0], sw1, sb1, sw2, sb2, se_act, se_gate)
+        dmh = (dm / HW2).contiguous()
+        # the SE pooling's share of dL/du2 (dmh * act'(u2)) in BN2's sums, as mbconv_host does
+        r2.view(2, E).add_(torch.stack([(dmh * se_sums[1]).sum(0), (dmh * se_sums[2]).sum(0)]))
+        se_term = (dmh, st2[SCALE], st2[SHIFT])
+    bn_bwd_coef(r2, st2, g2, c2, dg2, db2, g.P2)
+    bn_bwd_apply(dz2, z2, c2, dz2, HW2, se_term=se_term, act=act)  # du2 -> dz2 in place
+    # the depthwise conv on PyTorch; then du1 = da1 * act'(BN1(z1)) in place, z1 = x W1^T rebuilt
+    # by the expand GEMM, BN1's sums in its epilogue
+    da1, dwdw = dw_backward(dz2, a1, wdw, (g.N, g.Hs, g.Ws), stride)
+    del dz2
+    grid1 = (g.N, g.Hs, g.Ws, g.H, g.W)
+    pw_conv_fwd(
+        xr, w1r, da1, geom=grid1, in_stride=expand_stride, epi=EPI_ACT_BWD,
+        epi_vecs=(st1[SCALE], st1[SHIFT], st1[MEAN], st1[RSTD]), epi_act=act, epi_grad=da1,
+        stats=r1,
+    )  # fmt: skip
+    du1 = da1
+    bn_bwd_coef(r1, st1, g1, c1, dg1, db1, g.P1)
+    if need_dx:
+        if expand_stride == 1:
+            dx = empty_channels_last(g.N, g.cin, g.H, g.W, x)
+        else:  # a strided 1x1 conv never reads the skipped pixels
+            dx = torch.zeros_like(x, memory_format=CL)
+        pw_conv_fwd(
+            du1, w1r, rows(dx), geom=(g.N, g.Hs, g.Ws, g.Hs, g.Ws), out_stride=expand_stride,
+            out_hw=(g.H, g.W), weight_transposed=True, pro=PRO_BN_BWD_X,
+            pro_vecs=(c1[0], c1[1], c1[2]), z=xr, z_weight=w1r,
+            residual=dyr if residual else None,
+        )  # fmt: skip
+    else:
+        dx = torch.empty(0, dtype=x.dtype, device=dev)
+    pw_conv_wgrad(
+        du1, xr, dw1, geom=grid1, b_stride=expand_stride, pro_a_vecs=(c1[0], c1[1], c1[2]),
+        z_weight=w1r,
+    )  # fmt: skip
+    return (dx, dw1, dg1, db1, dwdw, dg2, db2, dw3, dg3, db3, *se_grads)
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom ops (opaque to torch.compile; eager calls skip the dispatcher, see launch.call_op).
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastscarlet::mbconv_partial_infer", mutates_args=())
+def mbconv_partial_infer(
+    x: _T, w1: _T, g1: _T, b1: _T, m1: _T, v1: _T, wdw: _T, g2: _T, b2: _T, m2: _T, v2: _T,
+    w3: _T, g3: _T, b3: _T, m3: _T, v3: _T, sw1: _OT, sb1: _OT, sw2: _OT, sb2: _OT,
+    stride: int, expand_stride: int, act: str, se_act: str, se_gate: str, residual: bool,
+    eps1: float, eps2: float, eps3: float,
+) -> _T:  # fmt: skip
+    """Inference MBConv (eval BN), PyTorch's depthwise conv: ``x`` channels_last -> ``y``."""
+    return partial_infer_impl(
+        x, w1, g1, b1, m1, v1, wdw, g2, b2, m2, v2, w3, g3, b3, m3, v3, sw1, sb1, sw2, sb2,
+        stride, expand_stride, act, se_act, se_gate, residual, eps1, eps2, eps3,
+    )  # fmt: skip
+
+
+@mbconv_partial_infer.register_fake
+def _partial_infer_fake(x, w1, *args):
+    stride, expand_stride = args[18], args[19]
+    g = block_geometry(x, w1, args[9], stride, expand_stride)
+    return empty_channels_last(g.N, g.cout, g.Ho, g.Wo, x)
+
+
+@torch.library.custom_op("fastscarlet::mbconv_partial_train_fwd", mutates_args=())
+def mbconv_partial_train_fwd(
+    x: _T, w1: _T, g1: _T, b1: _T, wdw: _T, g2: _T, b2: _T, w3: _T, g3: _T, b3: _T,
+    sw1: _OT, sb1: _OT, sw2: _OT, sb2: _OT, stride: int, expand_stride: int, act: str,
+    se_act: str, se_gate: str, residual: bool, eps1: float, eps2: float, eps3: float,
+) -> tuple[_T, _T, _T, _T, _T, _T]:  # fmt: skip
+    """Training forward: ``(y, a1, z2, z3, stats, se_buf)``: the output; the depthwise input
+    ``a1 [P1, E]``, its raw output ``z2 [P2, E]`` and the project conv's ``z3 [P2, Cout]``
+    (rows, kept for the backward); the packed BN statistics (``[3 BNs][STAT_ROWS, C]`` fp32);
+    ``[2, N, E]`` = (SE pooled mean, SE gate) or empty."""
+    return partial_train_fwd_impl(
+        x, w1, g1, b1, wdw, g2, b2, w3, g3, b3, sw1, sb1, sw2, sb2, stride, expand_stride, act,
+        se_act, se_gate, residual, eps1, eps2, eps3,
+    )  # fmt: skip
+
+
+@mbconv_partial_train_fwd.register_fake
+def _partial_train_fwd_fake(x, w1, g1, b1, wdw, g2, b2, w3, g3, b3, sw1, *args):
+    stride, expand_stride = args[3], args[4]
+    g = block_geometry(x, w1, w3, stride, expand_stride)
+    E = g.hidden
+    f32 = dict(dtype=torch.float32, device=x.device)
+    se = x.new_empty((2, g.N, E), **f32) if sw1 is not None else x.new_empty(0, **f32)
+    return (
+        empty_channels_last(g.N, g.cout, g.Ho, g.Wo, x),
+        x.new_empty((g.P1, E)),
+        x.new_empty((g.P2, E)),
+        x.new_empty((g.P2, g.cout)),
+        x.new_empty(STAT_ROWS * (2 * E + g.cout), **f32),
+        se,
+    )
+
+
+@torch.library.custom_op("fastscarlet::mbconv_partial_train_bwd", mutates_args=())
+def mbconv_partial_train_bwd(
+    dy: _T, x: _T, a1: _T, z2: _T, z3: _T, stats: _T, se_buf: _T, w1: _T, g1: _T, wdw: _T,
+    g2: _T, w3: _T, g3: _T, sw1: _OT, sb1: _OT, sw2: _OT, sb2: _OT, stride: int,
+    expand_stride: int, act: str, se_act: str, se_gate: str, residual: bool, need_dx: bool,
+) -> tuple[_T, _T, _T, _T, _T, _T, _T, _T, _T, _T, _T, _T, _T, _T]:  # fmt: skip
+    """Training backward: ``(dx, dW1, dgamma1, dbeta1, dWdw, dgamma2, dbeta2, dW3, dgamma3,
+    dbeta3, dWse1, dbse1, dWse2, dbse2)``; the GEMM weights' and BN gradients fp32 ``[O, C]`` /
+    ``[C]``, ``dWdw [E, k*k]`` in ``x``'s dtype (PyTorch's conv), SE ones fp32 or empty, ``dx``
+    empty unless ``need_dx``."""
+    return partial_train_bwd_impl(
+        dy, x, a1, z2, z3, stats, se_buf, w1, g1, wdw, g2, w3, g3, sw1, sb1, sw2, sb2, stride,
+        expand_stride, act, se_act, se_gate, residual, need_dx,
+    )  # fmt: skip
+
+
+@mbconv_partial_train_bwd.register_fake
+def _partial_train_bwd_fake(dy, x, a1, z2, z3, stats, se_buf, w1, g1, wdw, g2, w3, g3, sw1,
+                            sb1, sw2, sb2, *args):  # fmt: skip
+    need_dx = args[-1]
+    E, cin, cout, k = w1.shape[0], w1.shape[1], w3.shape[0], wdw.shape[-1]
+    f32 = dict(dtype=torch.float32, device=x.device)
+    dx = torch.empty_like(x, memory_format=CL) if need_dx else x.new_empty(0)
+    if sw1 is not None:
+        se = tuple(x.new_empty(tuple(t.shape), **f32) for t in (sw1, sb1, sw2, sb2))
+    else:
+        se = tuple(x.new_empty(0, **f32) for _ in range(4))
+    return (
+        dx, x.new_empty((E, cin), **f32), x.new_empty(E, **f32), x.new_empty(E, **f32),
+        x.new_empty((E, k * k)), x.new_empty(E, **f32), x.new_empty(E, **f32),
+        x.new_empty((cout, E), **f32), x.new_empty(cout, **f32), x.new_empty(cout, **f32), *se,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd, support check, entry point.
+# ---------------------------------------------------------------------------------------------
+
+
+class MBConvPartialTrainFunction(torch.autograd.Function):
+    """Autograd over ``fastscarlet::mbconv_partial_train_fwd`` / ``..._train_bwd``.
+
+    ``forward`` returns ``(y, stats, a1, z2, z3, se_buf)``; only ``y`` is differentiable, the
+    rest is kept for the backward (and ``stats`` for the running-statistics update)."""
+
+    @staticmethod
+    def forward(
+        x, w1, g1, b1, wdw, g2, b2, w3, g3, b3, sw1, sb1, sw2, sb2, stride, expand_stride, act,
+        se_act, se_gate, residual, eps1, eps2, eps3,
+    ):  # fmt: skip
+        y, a1, z2, z3, stats, se_buf = call_op(
+            mbconv_partial_train_fwd, partial_train_fwd_impl,
+            x, w1, g1, b1, wdw, g2, b2, w3, g3, b3, sw1, sb1, sw2, sb2, stride, expand_stride,
+            act, se_act, se_gate, residual, eps1, eps2, eps3,
+        )  # fmt: skip
+        return y, stats, a1, z2, z3, se_buf
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, w1, g1, _b1, wdw, g2, _b2, w3, g3, _b3, sw1, sb1, sw2, sb2 = inputs[:14]
+        ctx.cfg = inputs[14:20]  # stride, expand_stride, act, se_act, se_gate, residual
+        _y, stats, a1, z2, z3, se_buf = output
+        ctx.has_se = sw1 is not None
+        ctx.save_for_backward(x, a1, z2, z3, stats, se_buf, w1, g1, wdw, g2, w3, g3, sw1, sb1,
+                              sw2, sb2)  # fmt: skip
+        ctx.mark_non_differentiable(stats, a1, z2, z3, se_buf)
+
+    @staticmethod
+    def backward(ctx, dy, *_unused):
+        x, a1, z2, z3, stats, se_buf, w1, g1, wdw, g2, w3, g3, sw1, sb1, sw2, sb2 = (
+            ctx.saved_tensors
+        )
+        dy = dy.contiguous(memory_format=CL)
+        grads = call_op(
+            mbconv_partial_train_bwd, partial_train_bwd_impl,
+            dy, x, a1, z2, z3, stats, se_buf, w1, g1, wdw, g2, w3, g3, sw1, sb1, sw2, sb2,
+            *ctx.cfg, ctx.needs_input_grad[0],
+        )  # fmt: skip
+        dx, dw1, dg1, db1, dwdw, dg2, db2, dw3, dg3, db3, dsw1, dsb1, dsw2, dsb2 = grads
+
+        def fit(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+            return grad.view(like.shape).to(like.dtype)
+
+        se = (None,) * 4
+        if ctx.has_se:
+            se = (fit(dsw1, sw1), fit(dsb1, sb1), fit(dsw2, sw2), fit(dsb2, sb2))
+        return (
+            dx if ctx.needs_input_grad[0] else None,
+            fit(dw1, w1), fit(dg1, g1), fit(db1, g1), fit(dwdw, wdw), fit(dg2, g2), fit(db2, g2),
+            fit(dw3, w3), fit(dg3, g3), fit(db3, g3), *se, *([None] * 9),
+        )  # fmt: skip
+
+
+def partial_unsupported_reason(
+    block: nn.Module, se: nn.Module | None, x: torch.Tensor
+) -> str | None:
+    """Why the partial fusion cannot run this ``block.forward_with_se(x, se)`` call (None: it
+    can). Covers what :func:`.mbconv.unsupported_reason` covers without LET folding: the
+    depthwise conv is PyTorch's, which takes every configuration the Triton GEMMs around it do."""
+    return unsupported_reason(block, se, x)
+
+
+def _dense(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each tensor contiguous (itself when it already is; else a copy that autograd tracks)."""
+    return tuple(t.contiguous() for t in tensors)
+
+
+def mbconv_partial_forward(
+    block: nn.Module, x: torch.Tensor, se: nn.Module | None = None
+) -> torch.Tensor:
+    """``block.forward_with_se(x, se)`` with the GEMMs and BN steps on the Triton kernels and the
+    depthwise conv on PyTorch (check :func:`partial_unsupported_reason`). Same contract as
+    :func:`.mbconv.mbconv_block_forward`: under CUDA autocast the block runs in the autocast
+    dtype, the output is channels_last, and in training mode the BN running statistics move as
+    ``nn.BatchNorm2d`` moves them."""
+    dt = x.dtype
+    if x.is_cuda and torch.is_autocast_enabled("cuda"):
+        dt = torch.get_autocast_dtype("cuda")
+    x = x.to(dt).contiguous(memory_format=CL)
+    if se is not None:
+        sw = _dense(se.reduce.weight, se.reduce.bias, se.expand.weight, se.expand.bias)
+        se_names = (module_act_name(se.act), module_act_name(se.gate))
+    else:
+        sw = (None, None, None, None)
+        se_names = ("none", "none")
+    bn1, bn2, bn3 = block.bn1, block.bn2, block.bn3
+    cfg = (block.dw.stride[0], block.expand.stride[0], block.act_name, *se_names,
+           bool(block.residual))  # fmt: skip
+    eps = (float(bn1.eps), float(bn2.eps), float(bn3.eps))
+    if block.training:
+        out = MBConvPartialTrainFunction.apply(
+            x, *_dense(block.expand.weight, bn1.weight, bn1.bias, block.dw.weight, bn2.weight,
+            bn2.bias, block.project.weight, bn3.weight, bn3.bias), *sw, *cfg, *eps,
+        )  # fmt: skip
+        update_running_stats((bn1, bn2, bn3), stat_blocks(out[1], block.hidden, block.out_channels))
+        return out[0]
+    return call_op(
+        mbconv_partial_infer, partial_infer_impl,
+        x, *_dense(block.expand.weight, bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var,
+        block.dw.weight, bn2.weight, bn2.bias, bn2.running_mean, bn2.running_var,
+        block.project.weight, bn3.weight, bn3.bias, bn3.running_mean, bn3.running_var), *sw,
+        *cfg, *eps,
+    )  # fmt: skip
+
+
+__all__ = [
+    "MBConvPartialTrainFunction",
+    "dw_backward",
+    "dw_forward",
+    "mbconv_partial_forward",
+    "mbconv_partial_infer",
+    "mbconv_partial_train_bwd",
+    "mbconv_partial_train_fwd",
+    "partial_infer_impl",
+    "partial_train_bwd_impl",
+    "partial_train_fwd_impl",
+    "partial_unsupported_reason",
+]
