@@ -187,6 +187,31 @@ def test_custom_ops_pass_opcheck() -> None:
         torch.library.opcheck(mp.mbconv_partial_train_bwd, bwd_args, test_utils=tests)
 
 
+@needs_interpreter
+@pytest.mark.interpreter
+def test_torch_compile_traces_the_partial_path() -> None:
+    """torch.compile(fullgraph=True) over a training step: dynamo traces the autograd function
+    and the custom ops without a graph break, and the compiled step gives the eager partial
+    path's gradients and running statistics."""
+    case = Case(8, 8, 3, 3, 1, "hswish", True, 5)
+    blk = case.block()
+    x = case.input()
+
+    def loss(m: MBConv, inp: torch.Tensor) -> torch.Tensor:
+        y = _partial(m, inp)
+        return (y * y).sum()
+
+    results = []
+    torch._dynamo.reset()
+    for fn in (loss, torch.compile(loss, backend="aot_eager", fullgraph=True)):
+        m, inp = copy.deepcopy(blk), x.clone().requires_grad_()
+        fn(m, inp).backward()
+        results.append((inp.grad, m.expand.weight.grad, m.dw.weight.grad,
+                        m.se.reduce.weight.grad, m.bn2.running_var))  # fmt: skip
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------
 # The launch sequence, recorded on meta tensors (no interpreter needed), and its sm_90 build.
 # ---------------------------------------------------------------------------------------------
