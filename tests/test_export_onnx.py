@@ -1,5 +1,12 @@
 """ONNX export: every published model and random genomes of every built-in space equal PyTorch
-under onnxruntime (max abs diff < 1e-4) at a dynamic batch size; the CLI; a missing package."""
+under onnxruntime (max abs diff < 1e-4 of the output's scale, max(1, max|y|)) at a dynamic batch
+size; the CLI; a missing package.
+
+The weights are seeded per case: the conv weights come from the global generator, so without a
+seed a case's network (and its rounding error) changed with the tests that ran before it. The
+tolerance is relative because fp32 rounding differences between onnxruntime and oneDNN grow with
+the activations: over 8 seeds of a FairNAS-SE network the max abs diff went from 3e-6 to 7.3e-4 as
+max|y| went from 0.8 to 52 (always under 1.5e-5 of max|y|); a wrong weight or op gives O(1)."""
 
 import sys
 
@@ -18,7 +25,6 @@ RES = 64
 
 def _check(net, path, **kwargs):
     report = export_onnx(net, path, RES, **kwargs)
-    assert report["max_abs_diff"] < 1e-4
     assert opset_of(path) >= 17
     # Outputs that depend on the input, so that a wrong graph could not agree by accident; batch
     # 5 (traced at 2) checks the dynamic batch dimension.
@@ -26,12 +32,15 @@ def _check(net, path, **kwargs):
     with torch.no_grad():
         y = net(x)
     assert (y[0] - y[1]).abs().max() > 1e-2
-    assert check_onnx(path, net, x) < 1e-4
+    tol = 1e-4 * max(1.0, float(y.abs().max()))
+    assert report["max_abs_diff"] < tol
+    assert check_onnx(path, net, x) < tol
     return report
 
 
 @pytest.mark.parametrize("name", list(PUBLISHED))
 def test_published_models_equal_pytorch(tmp_path, name):
+    torch.manual_seed(0)
     net = live_network(create_model(name), RES)
     report = _check(net, tmp_path / f"{name}.onnx")
     assert report["exporter"] == "torchscript" and report["opset"] == 18
@@ -56,6 +65,7 @@ def test_random_genomes_of_every_space_equal_pytorch(tmp_path, space_name, mode,
         g[5] = space.identity_index  # an identity before a strided block (folded by "fold")
         if space_name == "scarlet_all":
             g[0] = g[10] = space.identity_index  # a strided and a channel-changing LET
+    torch.manual_seed(seed)
     net = live_network(build_network(space, g, identity=mode), RES, seed)
     _check(net, tmp_path / "net.onnx")
 
