@@ -8,13 +8,24 @@ For each of the 19 Scarlet-A layers (``fastscarlet.space.published.PUBLISHED["sc
 Scarlet space's shapes at 224x224 input, batch 256), side by side in one process:
 
 * **fwd**: inference forward of the block in eval mode, bf16 parameters and activations,
-  channels_last, ``torch.no_grad()``: ours (the module with the kernels, BN folded in-kernel),
-  ``eager`` (the same module forced to the PyTorch reference: cuDNN convs, BN, activations, SE),
-  ``compile`` (``torch.compile`` of the reference);
+  channels_last, ``torch.no_grad()``, every candidate of the kernels' dispatch side by side:
+  ``triton`` (the whole-block kernels, BN folded in-kernel), ``partial`` (Triton 1x1 GEMMs with
+  BN/activation/SE fused around PyTorch's cuDNN depthwise), ``eager`` (the module's PyTorch code:
+  cuDNN convs, BN, activations, SE), ``compile`` (``torch.compile`` of it), and ``dispatch``: what
+  ``FASTSCARLET_KERNELS=measure`` runs, i.e. the candidate the measured dispatch chose for this
+  block signature (checked against the reference, timed, taken only beyond a 3% margin; the
+  choice, every candidate's time in the dispatch's own measurement and the reason are in the
+  JSON rows and the dispatch table). The default ``auto`` runs the same measurement among the
+  candidates verified on a GPU (``kernels.dispatch.VERIFIED_CANDIDATES``; none yet: the
+  reference);
 * **train**: forward + backward in training mode (batch-statistics BN, running-statistics update),
-  fp32 parameters under bf16 autocast (AMP), channels_last, same three implementations;
+  fp32 parameters under bf16 autocast (AMP), channels_last, the same implementations;
 * **step**: one whole single-path Scarlet-A training step (forward, cross-entropy, backward, SGD)
-  at batch 256, AMP bf16, channels_last: ours vs eager vs compile; images/s.
+  at batch 256, AMP bf16, channels_last: dispatch vs triton vs partial vs eager vs compile;
+  images/s.
+
+"ours" in the goals is ``dispatch``. The dispatch measures into a fresh cache folder per run
+(``--cache-dir`` keeps one).
 
 Times are medians of ``triton.testing.do_bench`` (L2 flushed between runs). The floor of a block
 is ``performance.md`` section 2.5 with the copy bandwidth measured here (``BW``):
@@ -76,6 +87,8 @@ class Row:
     floor_train_us: float
     fwd_us: dict[str, float] = field(default_factory=dict)
     train_us: dict[str, float] = field(default_factory=dict)
+    # the measured dispatch's decision per pass: {"fwd": {choice, times, reason, rejected}, ...}
+    choice: dict[str, dict] = field(default_factory=dict)
 
 
 def scarlet_a_layers(size: int) -> list[Layer]:
@@ -246,7 +259,6 @@ def bench_layer(layer: Layer, args, device, timer) -> Row:
     init_weights(block)
     randomize_bn(block)
     block = block.to(device)
-    ours_mode = "triton" if args.smoke else "auto"
     cl = torch.channels_last
     x = torch.randn(args.batch, layer.cin, layer.size, layer.size, device=device).to(
         memory_format=cl
@@ -266,11 +278,16 @@ def bench_layer(layer: Layer, args, device, timer) -> Row:
 
         return call
 
-    impls = {"ours": run(ours_mode), "eager": run("reference")}
+    impls = {name: run(name) for name in args.candidates}
+    impls["dispatch"] = run("measure")
+    impls["eager"] = run("reference")
     if not args.no_compile:
         torch._dynamo.reset()
         compiled = torch.compile(inf, backend=args.compile_backend)
         impls["compile"] = run("reference", compiled)
+    impls["dispatch"]()  # the dispatch measures and decides here, outside the timing
+    with torch.no_grad(), kernel_mode("measure"):
+        row.choice["fwd"] = _decision(inf, xb)
     for name, fn in impls.items():
         row.fwd_us[name] = timer(fn) * 1e6
 
@@ -292,13 +309,31 @@ def bench_layer(layer: Layer, args, device, timer) -> Row:
 
         return call
 
-    impls = {"ours": step(ours_mode, tr), "eager": step("reference", tr)}
+    impls = {name: step(name, tr) for name in args.candidates}
+    impls["dispatch"] = step("measure", tr)
+    impls["eager"] = step("reference", tr)
     if not args.no_compile:
         torch._dynamo.reset()
         impls["compile"] = step("reference", torch.compile(tr, backend=args.compile_backend))
+    impls["dispatch"]()
+    with kernel_mode("measure"), autocast:
+        row.choice["train"] = _decision(tr, xg)
     for name, fn in impls.items():
         row.train_us[name] = timer(fn, grad_to_none=params) * 1e6
     return row
+
+
+def _decision(block, x) -> dict:
+    """The measured dispatch's decision for ``block(x)`` in the current modes (cached by the
+    call before: nothing is measured here)."""
+    from dataclasses import asdict
+
+    from fastscarlet.kernels import block_choice
+
+    d = block_choice.choose(block, block.se, x)
+    out = asdict(d)
+    out.pop("cached")
+    return out
 
 
 def bench_step(args, device, timer) -> dict[str, float]:
@@ -321,7 +356,8 @@ def bench_step(args, device, timer) -> dict[str, float]:
     target = torch.randint(0, 1000, (args.batch,), device=device)
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
     out = {}
-    variants = [("ours", "triton" if args.smoke else "auto", False), ("eager", "reference", False)]
+    variants = [(name, name, False) for name in args.candidates]
+    variants += [("dispatch", "measure", False), ("eager", "reference", False)]
     if not args.no_compile:
         variants.append(("compile", "reference", True))
     for name, mode, comp in variants:
@@ -338,6 +374,8 @@ def bench_step(args, device, timer) -> dict[str, float]:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
+        if mode == "measure":
+            call()  # every block's dispatch measures and decides here, outside the timing
         out[name] = args.batch / timer(call)
     return out
 
@@ -358,27 +396,46 @@ def summarize(rows: list[Row], step: dict[str, float] | None) -> dict:
         vals = [v for v in vals if v is not None]
         return statistics.median(vals) if vals else None
 
+    def lowest(vals):
+        vals = [v for v in vals if v is not None]
+        return min(vals) if vals else None
+
+    f = [(r.fwd_us.get(OURS), r) for r in rows]
+    t = [(r.train_us.get(OURS), r) for r in rows]
     s = {
-        "fwd_x_eager": med([_ratio(r.fwd_us.get("ours"), r.fwd_us.get("eager")) for r in rows]),
-        "fwd_x_compile": med([_ratio(r.fwd_us.get("ours"), r.fwd_us.get("compile")) for r in rows]),
-        "fwd_floor_frac": med([_ratio(r.fwd_us.get("ours"), r.floor_fwd_us) for r in rows]),
-        "train_x_eager": med(
-            [_ratio(r.train_us.get("ours"), r.train_us.get("eager")) for r in rows]
-        ),
-        "train_x_compile": med(
-            [_ratio(r.train_us.get("ours"), r.train_us.get("compile")) for r in rows]
-        ),
-        "train_floor_frac": med([_ratio(r.train_us.get("ours"), r.floor_train_us) for r in rows]),
+        "fwd_x_eager": med([_ratio(o, r.fwd_us.get("eager")) for o, r in f]),
+        "fwd_x_compile": med([_ratio(o, r.fwd_us.get("compile")) for o, r in f]),
+        "fwd_floor_frac": med([_ratio(o, r.floor_fwd_us) for o, r in f]),
+        "train_x_eager": med([_ratio(o, r.train_us.get("eager")) for o, r in t]),
+        "train_x_compile": med([_ratio(o, r.train_us.get("compile")) for o, r in t]),
+        "train_floor_frac": med([_ratio(o, r.floor_train_us) for o, r in t]),
+        # the floor goal: the worst shape's eager/dispatch (1.0 = as fast as the reference)
+        "fwd_worst_x_eager": lowest([_ratio(o, r.fwd_us.get("eager")) for o, r in f]),
+        "train_worst_x_eager": lowest([_ratio(o, r.train_us.get("eager")) for o, r in t]),
+        "choices": {
+            p: {
+                c: sum(1 for r in rows if r.choice.get(p, {}).get("choice") == c)
+                for c in sorted({r.choice.get(p, {}).get("choice", "-") for r in rows})
+            }
+            for p in ("fwd", "train")
+        },
     }
     if step:
         s["step_img_s"] = step
-        s["step_x_eager"] = step["ours"] / step["eager"]
+        s["step_x_eager"] = step[OURS] / step["eager"]
+        s["step_worst_x_eager"] = s["step_x_eager"]
         if "compile" in step:
-            s["step_x_compile"] = step["ours"] / step["compile"]
+            s["step_x_compile"] = step[OURS] / step["compile"]
     return s
 
 
+OURS = "dispatch"
+NOISE = 0.97  # "no slower than the reference beyond the noise": do_bench medians differ ~1-3%
+
 GOALS = [
+    ("fwd_worst_x_eager", NOISE, "floor: no inference shape slower than eager (worst shape)"),
+    ("train_worst_x_eager", NOISE, "floor: no training shape slower than eager (worst shape)"),
+    ("step_worst_x_eager", NOISE, "floor: the whole step no slower than eager"),
     ("fwd_x_eager", 2.5, "inference fwd >= 2.5x eager (median)"),
     ("fwd_x_compile", 1.5, "inference fwd >= 1.5x torch.compile (median)"),
     ("fwd_floor_frac", 0.5, "inference fwd >= 50% of the floor (median)"),
@@ -398,33 +455,56 @@ def kernel_variants() -> dict[str, str]:
 
 
 def table(rows: list[Row], summary: dict, header: dict) -> str:
-    """The markdown table (also what is printed)."""
+    """The markdown tables (also what is printed): inference, training, the dispatch's choices,
+    the step and the goals."""
     lines = [
         f"Device: {header['device']}; torch {header['torch']}, triton {header['triton']}; "
         f"{header['date']}; batch {header['batch']}, {header['size']}x{header['size']} input, "
         f"{header['dtype']}; copy bandwidth {header['bandwidth_gbs']:.0f} GB/s; kernels "
         + ", ".join(f"{k}={v}" for k, v in header.get("kernels", {}).items())
         + ".",
+    ]
+    cands = header.get("candidates", ["triton", "partial"])
+    cols = [*cands, "eager", "compile", OURS]
+    for title, key, floor in (("Inference forward", "fwd_us", "floor_fwd_us"),
+                              ("Training forward + backward", "train_us", "floor_train_us")):  # fmt: skip
+        lines += [
+            "",
+            f"{title}, us (median); x = eager / dispatch; % floor = floor / dispatch:",
+            "",
+            "| # | block | shape | floor | "
+            + " | ".join(cols)
+            + " | x eager | x compile | % floor |",
+            "|---|---|---|---|" + "---|" * (len(cols) + 3),
+        ]
+        for r in rows:
+            t = getattr(r, key)
+            ours = t.get(OURS)
+            lines.append(
+                f"| {r.layer.index} | {r.layer.name} | {r.layer.shape} | {getattr(r, floor):.1f} | "
+                + " | ".join(_fmt(t.get(c), ".1f") for c in cols)
+                + f" | {_fmt(_ratio(ours, t.get('eager')), '.2f')}"
+                f" | {_fmt(_ratio(ours, t.get('compile')), '.2f')}"
+                f" | {_fmt(_ratio(ours, getattr(r, floor)), '.0%')} |"
+            )
+    lines += [
         "",
-        "| # | block | shape | fwd floor us | fwd ours | eager | compile | x eager | x compile "
-        "| % floor | train floor us | train ours | eager | compile | x eager | x compile | % floor |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "Dispatch table (FASTSCARLET_KERNELS=measure; each candidate's time in the dispatch's own "
+        "measurement, us):",
+        "",
+        "| # | block | shape | pass | chose | candidate times | why |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        f, t = r.fwd_us, r.train_us
-        lines.append(
-            f"| {r.layer.index} | {r.layer.name} | {r.layer.shape} | {r.floor_fwd_us:.1f} "
-            f"| {_fmt(f.get('ours'), '.1f')} | {_fmt(f.get('eager'), '.1f')} "
-            f"| {_fmt(f.get('compile'), '.1f')} "
-            f"| {_fmt(_ratio(f.get('ours'), f.get('eager')), '.2f')} "
-            f"| {_fmt(_ratio(f.get('ours'), f.get('compile')), '.2f')} "
-            f"| {_fmt(_ratio(f.get('ours'), r.floor_fwd_us), '.0%')} "
-            f"| {r.floor_train_us:.1f} | {_fmt(t.get('ours'), '.1f')} "
-            f"| {_fmt(t.get('eager'), '.1f')} | {_fmt(t.get('compile'), '.1f')} "
-            f"| {_fmt(_ratio(t.get('ours'), t.get('eager')), '.2f')} "
-            f"| {_fmt(_ratio(t.get('ours'), t.get('compile')), '.2f')} "
-            f"| {_fmt(_ratio(t.get('ours'), r.floor_train_us), '.0%')} |"
-        )
+        for p in ("fwd", "train"):
+            d = r.choice.get(p)
+            if not d:
+                continue
+            times = ", ".join(f"{n} {v * 1e6:.1f}" for n, v in sorted(d.get("times", {}).items()))
+            lines.append(
+                f"| {r.layer.index} | {r.layer.name} | {r.layer.shape} | {p} | {d['choice']} "
+                f"| {times} | {d.get('reason', '')} |"
+            )
     lines.append("")
     if "step_img_s" in summary:
         st = summary["step_img_s"]
@@ -494,6 +574,15 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile columns")
     ap.add_argument(
+        "--candidates", default="triton,partial",
+        help="the kernel candidates timed as forced columns (the dispatch measures all of them)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--cache-dir",
+        help="the dispatch's decision cache (default: a fresh temporary folder, so every "
+        "signature is measured in this run)",
+    )  # fmt: skip
+    ap.add_argument(
         "--step", action=argparse.BooleanOptionalAction, default=None,
         help="time the whole Scarlet-A step (default: yes on GPU, no with --smoke: the "
         "interpreter needs ~5 min for it)",
@@ -510,6 +599,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.smoke:  # before anything imports triton
         os.environ["TRITON_INTERPRET"] = "1"
+    import tempfile
+
+    os.environ["FASTSCARLET_CACHE_DIR"] = args.cache_dir or tempfile.mkdtemp(prefix="dispatch-")
+    args.candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
     import torch
 
     gpu = not args.smoke
@@ -532,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     header = {
         "device": torch.cuda.get_device_name(0) if gpu else f"CPU {platform.processor()} (smoke)",
         "kernels": kernel_variants(),
+        "candidates": args.candidates,
+        "dispatch_cache": os.environ["FASTSCARLET_CACHE_DIR"],
         "torch": torch.__version__,
         "triton": triton.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

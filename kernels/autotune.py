@@ -1,14 +1,17 @@
 """Dispatch by measurement: per block signature, time each candidate once and keep the fastest
 only when it beats the PyTorch reference by a margin; decisions cached on disk.
 
-Issue 19 item 1. :func:`fastscarlet.kernels.dispatch.decide` stays the rule of today (``auto``
-runs the reference until :data:`~fastscarlet.kernels.dispatch.KERNELS_VERIFIED`); this module is
-the measured replacement, used only where a caller asks for it (:func:`tuner_from_env`:
-``FASTSCARLET_AUTOTUNE=1``), so importing it changes nothing.
+Issue 19 item 1. Which candidates a call may measure, and when, is the rule of
+:mod:`.dispatch` (:func:`~fastscarlet.kernels.dispatch.block_candidates`); the MBConv blocks
+reach this module through :mod:`.block_choice`. This module is the mechanism: signatures, the
+decision with its margin, the timer, the cache.
 
-* A :class:`BlockSignature` names what the decision depends on: input shapes, dtype, stride,
-  kernel size, SE, residual, training or inference, and the device's name.
-* :meth:`Autotuner.decide` runs every candidate through a timer (default :func:`time_once`: a few
+* A :class:`BlockSignature` names what the decision depends on: input and weight shapes, dtype,
+  stride, kernel size, SE, residual, training or inference (and whether a backward follows),
+  activation, and the device's name.
+* :meth:`Autotuner.decide` first lets a ``verify`` callback reject candidates whose results do not
+  match the reference (a kernel that is wrong on this device is never timed, let alone chosen),
+  then runs every remaining candidate through a timer (default :func:`time_once`: a few
   warm-up calls, then one timed call, as ``cudnn.benchmark`` does) and takes a kernel only when
   ``t_reference >= (1 + margin) * t_kernel`` (:func:`choose`; margin 3%: repeated timings of the
   same launch on a GPU typically differ by a percent or two, so a smaller "win" is noise). The
@@ -39,8 +42,7 @@ import torch
 REFERENCE = "reference"
 MARGIN = 0.03
 CACHE_ENV = "FASTSCARLET_CACHE_DIR"
-ENABLE_ENV = "FASTSCARLET_AUTOTUNE"
-_FORMAT = 1  # bumped when the file layout changes; other formats are rebuilt
+_FORMAT = 2  # bumped when the file layout changes; other formats are rebuilt
 
 Timer = Callable[[Callable[[], object]], float]
 
@@ -56,8 +58,10 @@ def library_version() -> str:
 
 @dataclass(frozen=True)
 class BlockSignature:
-    """What a dispatch decision depends on. ``shapes``: the input shapes (e.g. ``((256, 40, 28,
-    28),)``); ``dtype``: ``"bfloat16"``; ``device``: the device's name (``"NVIDIA H200"``)."""
+    """What a dispatch decision depends on. ``shapes``: the input and weight shapes (e.g.
+    ``((256, 40, 28, 28), (120, 40), (40, 120))``); ``dtype``: ``"bfloat16"``; ``device``: the
+    device's name (``"NVIDIA H200"``); ``training``: batch-statistics BN; ``grad``: a backward
+    follows (timed with the forward); ``act``: the block's activation."""
 
     shapes: tuple[tuple[int, ...], ...]
     dtype: str
@@ -67,26 +71,32 @@ class BlockSignature:
     residual: bool
     training: bool
     device: str
+    grad: bool = False
+    act: str = ""
 
     def key(self) -> str:
-        """A stable string (the JSON key): ``"256x40x28x28|bfloat16|s1|k7|se|res|train|..."``."""
+        """A stable string (the JSON key):
+        ``"256x40x28x28,...|bfloat16|s1|k7|se|res|train|grad|hswish|NVIDIA H200"``."""
         shapes = ",".join("x".join(map(str, s)) for s in self.shapes)
         return "|".join([
             shapes, self.dtype, f"s{self.stride}", f"k{self.kernel}",
             "se" if self.se else "nose", "res" if self.residual else "nores",
-            "train" if self.training else "infer", self.device,
+            "train" if self.training else "infer", "grad" if self.grad else "nograd",
+            self.act or "-", self.device,
         ])  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Decision:
-    """The chosen candidate, every candidate's time in seconds (empty for a forced mode), why, and
-    whether it came from the cache."""
+    """The chosen candidate, every timed candidate's time in seconds (empty where nothing was
+    timed), why, whether it came from the cache, and the candidates rejected before timing (name
+    -> why: their results did not match the reference, or they raised)."""
 
     choice: str
     times: dict[str, float] = field(default_factory=dict)
     reason: str = ""
     cached: bool = False
+    rejected: dict[str, str] = field(default_factory=dict)
 
 
 def choose(times: Mapping[str, float], margin: float = MARGIN) -> tuple[str, str]:
@@ -199,11 +209,34 @@ class Autotuner:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def cached(self, signature: BlockSignature) -> Decision | None:
+        """The cached decision for ``signature``, or None (nothing is measured)."""
+        if self._entries is None:
+            self._entries = self._load()
+        hit = self._entries.get(signature.key())
+        if not isinstance(hit, dict) or not isinstance(hit.get("choice"), str):
+            return None
+        return Decision(
+            hit["choice"], dict(hit.get("times", {})), hit.get("reason", ""), True,
+            dict(hit.get("rejected", {})),
+        )  # fmt: skip
+
+    def entries(self) -> dict[str, dict]:
+        """Every cached decision of this device and version: signature key -> entry."""
+        if self._entries is None:
+            self._entries = self._load()
+        return dict(self._entries)
+
     def decide(
-        self, signature: BlockSignature, candidates: Mapping[str, Callable[[], object]]
+        self,
+        signature: BlockSignature,
+        candidates: Mapping[str, Callable[[], object]],
+        verify: Callable[[list[str]], Mapping[str, str]] | None = None,
     ) -> Decision:
-        """The cached decision for ``signature`` if there is one naming a candidate, else time
-        every candidate once (after the timer's warm-up), choose (:func:`choose`) and cache."""
+        """The cached decision for ``signature`` if there is one naming a candidate, else: let
+        ``verify(names)`` reject kernel candidates (it returns ``{name: why}`` for those whose
+        results do not match the reference), time every remaining candidate once (after the
+        timer's warm-up), choose (:func:`choose`) and cache."""
         if REFERENCE not in candidates:
             raise ValueError(f"candidates: the {REFERENCE!r} candidate is missing")
         if signature.device != self.device:
@@ -213,50 +246,27 @@ class Autotuner:
         if self._entries is None:
             self._entries = self._load()
         key = signature.key()
-        hit = self._entries.get(key)
-        if isinstance(hit, dict) and hit.get("choice") in candidates:
-            return Decision(hit["choice"], dict(hit.get("times", {})), hit.get("reason", ""), True)
-        times = {name: float(self.timer(fn)) for name, fn in candidates.items()}
+        hit = self.cached(signature)
+        if hit is not None and hit.choice in candidates:
+            return hit
+        rejected: dict[str, str] = {}
+        if verify is not None:
+            kernels = [n for n in candidates if n != REFERENCE]
+            rejected = {n: str(why) for n, why in verify(kernels).items() if n in kernels}
+        times = {
+            name: float(self.timer(fn)) for name, fn in candidates.items() if name not in rejected
+        }
         choice, reason = choose(times, self.margin)
-        self._entries[key] = {"choice": choice, "times": times, "reason": reason}
+        if rejected:
+            reason += "; rejected: " + ", ".join(f"{n} ({why})" for n, why in rejected.items())
+        entry = {"choice": choice, "times": times, "reason": reason, "rejected": rejected}
+        self._entries[key] = entry
         self._save()
-        return Decision(choice, times, reason, False)
-
-
-def tuner_from_env(device: torch.device | str) -> Autotuner | None:
-    """An :class:`Autotuner` for ``device`` when ``FASTSCARLET_AUTOTUNE=1``, else None (today's
-    rule, :func:`fastscarlet.kernels.dispatch.decide`, applies)."""
-    if os.environ.get(ENABLE_ENV, "0").strip() in ("", "0"):
-        return None
-    return Autotuner(device_name(device))
-
-
-def select(
-    mode: str,
-    signature: BlockSignature,
-    candidates: Mapping[str, Callable[[], object]],
-    tuner: Autotuner | None,
-) -> Decision:
-    """The candidate to run under ``mode``: ``reference`` and ``triton`` force one path (for
-    ``triton`` the first non-reference candidate); ``auto`` measures with ``tuner`` and without
-    one (not enabled) runs the reference."""
-    if mode == "reference":
-        return Decision(REFERENCE, reason="FASTSCARLET_KERNELS=reference")
-    if mode == "triton":
-        kernels = [n for n in candidates if n != REFERENCE]
-        if not kernels:
-            raise ValueError("FASTSCARLET_KERNELS=triton, but no kernel candidate was given")
-        return Decision(kernels[0], reason="FASTSCARLET_KERNELS=triton")
-    if mode != "auto":
-        raise ValueError(f"mode: one of ('auto', 'reference', 'triton'), got {mode!r}")
-    if tuner is None:
-        return Decision(REFERENCE, reason=f"auto: measured dispatch not enabled ({ENABLE_ENV}=1)")
-    return tuner.decide(signature, candidates)
+        return Decision(choice, times, reason, False, rejected)
 
 
 __all__ = [
     "CACHE_ENV",
-    "ENABLE_ENV",
     "MARGIN",
     "REFERENCE",
     "Autotuner",
@@ -266,7 +276,5 @@ __all__ = [
     "choose",
     "device_name",
     "library_version",
-    "select",
     "time_once",
-    "tuner_from_env",
 ]

@@ -1,6 +1,6 @@
 """Dispatch by measurement (fastscarlet.kernels.autotune): the decision logic with forced timings,
-the on-disk cache (per device and version, atomic, corrupt files rebuilt), and that nothing
-changes unless it is enabled."""
+the verification step that rejects wrong candidates before timing, the on-disk cache (per device
+and version, atomic, corrupt files rebuilt)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import pytest
 
 from fastscarlet.kernels import autotune
-from fastscarlet.kernels.autotune import REFERENCE, Autotuner, BlockSignature, choose, select
+from fastscarlet.kernels.autotune import REFERENCE, Autotuner, BlockSignature, choose
 
 GPU = "NVIDIA H200"
 
@@ -62,6 +62,7 @@ def test_signature_key_separates_every_field() -> None:
     variants = [
         _sig(shapes=((128, 40, 28, 28),)), _sig(dtype="float16"), _sig(stride=2), _sig(kernel=5),
         _sig(se=False), _sig(residual=False), _sig(training=False), _sig(device="NVIDIA H100"),
+        _sig(grad=True), _sig(act="hswish"),
     ]  # fmt: skip
     keys = {v.key() for v in variants}
     assert base.key() not in keys and len(keys) == len(variants)
@@ -126,32 +127,34 @@ def test_cached_choice_that_is_no_longer_a_candidate_is_measured_again(tmp_path)
     assert (d.choice, d.cached) == ("triton", False)
 
 
-def test_select_forces_or_measures_and_is_off_by_default(tmp_path, monkeypatch) -> None:
-    timer = ForcedTimer({REFERENCE: 1.0, "triton": 0.5})
+def test_verify_rejects_candidates_before_timing_and_the_cache_keeps_why(tmp_path) -> None:
+    """A candidate the check rejects is never timed nor chosen, even if it would be fastest; the
+    rejection is cached with its reason, so a new tuner does not run the check again."""
+    timer = ForcedTimer({REFERENCE: 1.0, "triton": 0.1, "partial": 0.8})
     tuner = Autotuner(GPU, directory=tmp_path, version="1.0", timer=timer)
-    cands = _cands(REFERENCE, "triton")
-    assert select("reference", _sig(), cands, tuner).choice == REFERENCE
-    assert select("triton", _sig(), cands, tuner).choice == "triton"
-    assert timer.calls == []  # forced modes time nothing
-    assert select("auto", _sig(), cands, None).choice == REFERENCE
-    assert select("auto", _sig(), cands, tuner).choice == "triton"
-    with pytest.raises(ValueError, match="auto"):
-        select("fast", _sig(), cands, tuner)
-    monkeypatch.delenv(autotune.ENABLE_ENV, raising=False)
-    assert autotune.tuner_from_env("cpu") is None  # not enabled: today's rule
-    monkeypatch.setenv(autotune.ENABLE_ENV, "1")
-    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "c"))
-    t = autotune.tuner_from_env("cpu")
-    assert t is not None and t.path.parent == tmp_path / "c" and t.device == "cpu"
+    asked = []
+
+    def verify(names):
+        asked.append(sorted(names))
+        return {"triton": "output: max error 3 > 0.05 x max|reference| 1"}
+
+    d = tuner.decide(_sig(), _cands(REFERENCE, "triton", "partial"), verify)
+    assert asked == [["partial", "triton"]]  # the reference is never "verified" against itself
+    assert sorted(timer.calls) == ["partial", REFERENCE]
+    assert d.choice == "partial" and "triton" not in d.times
+    assert d.rejected == {"triton": "output: max error 3 > 0.05 x max|reference| 1"}
+    assert "rejected: triton" in d.reason
+    again = Autotuner(GPU, directory=tmp_path, version="1.0", timer=timer)
+    hit = again.decide(_sig(), _cands(REFERENCE, "triton", "partial"), verify)
+    assert hit.cached and hit.choice == "partial" and hit.rejected == d.rejected
+    assert asked == [["partial", "triton"]] and again.cached(_sig(training=False)) is None
 
 
-def test_default_dispatch_is_unchanged() -> None:
-    """Measured dispatch is opt-in: auto still runs the reference on CUDA until the kernels are
-    verified."""
-    from fastscarlet.kernels.dispatch import KERNELS_VERIFIED, decide
-
-    assert KERNELS_VERIFIED is False
-    assert decide("auto", on_cuda=True, usable=True, interpret=False)[0] is False
+def test_all_candidates_rejected_leaves_the_reference(tmp_path) -> None:
+    timer = ForcedTimer({REFERENCE: 1.0, "triton": 0.1})
+    tuner = Autotuner(GPU, directory=tmp_path, version="1.0", timer=timer)
+    d = tuner.decide(_sig(), _cands(REFERENCE, "triton"), lambda names: dict.fromkeys(names, "x"))
+    assert d.choice == REFERENCE and timer.calls == [REFERENCE]
 
 
 def test_time_once_warms_up_then_times_one_call() -> None:

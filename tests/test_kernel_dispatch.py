@@ -99,9 +99,18 @@ def test_auto_runs_the_reference_on_cuda_until_the_kernels_are_verified() -> Non
 def test_info_says_what_cuda_runs_and_why(monkeypatch, triton_state) -> None:
     monkeypatch.delenv(ENV_VAR, raising=False)
     triton_state(usable=True, interpret=False)
-    assert dispatch.explain("cuda").startswith("PyTorch reference (auto: the kernels")
+    said = dispatch.explain("cuda")
+    assert said.startswith("MBConv blocks: PyTorch reference (auto: no MBConv kernel candidate")
+    assert "LET and grouped convs: PyTorch reference (auto: the kernels" in said
     monkeypatch.setenv(ENV_VAR, "triton")
-    assert dispatch.explain("cuda") == f"Triton kernels ({ENV_VAR}=triton on CUDA)"
+    assert dispatch.explain("cuda") == (
+        f"MBConv blocks: triton kernels ({ENV_VAR}=triton on CUDA); "
+        f"LET and grouped convs: Triton kernels ({ENV_VAR}=triton on CUDA)"
+    )
+    monkeypatch.setenv(ENV_VAR, "measure")
+    assert dispatch.explain("cuda").startswith(
+        "MBConv blocks: the measured fastest of reference, triton, partial (measure: every"
+    )
 
 
 def test_decision_is_traceable_by_torch_compile(monkeypatch) -> None:

@@ -529,7 +529,15 @@ def test_benchmark_smoke_runs(tmp_path) -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     assert "SMOKE RUN" in res.stdout and "| 5 | E6K3SE |" in res.stdout
     data = json.loads(out.read_text())
-    assert data["smoke"] and set(data["rows"][0]["train_us"]) == {"ours", "eager", "compile"}
+    cols = {"triton", "partial", "dispatch", "eager", "compile"}
+    row = data["rows"][0]
+    assert data["smoke"] and set(row["train_us"]) == cols and set(row["fwd_us"]) == cols
+    for p in ("fwd", "train"):  # the dispatch table: a choice, with every candidate's time
+        assert row["choice"][p]["choice"] in ("reference", "triton", "partial")
+        assert set(row["choice"][p]["times"]) | set(row["choice"][p]["rejected"]) == {
+            "reference", "triton", "partial",
+        }  # fmt: skip
+    assert "Dispatch table" in res.stdout
     assert data["header"]["kernels"]["dw_fwd"] in ("tile", "sweep")  # which kernels were timed
 
 

@@ -10,7 +10,11 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    del parser  # no options
+    parser.add_argument(
+        "--dispatch",
+        action="store_true",
+        help="also list every cached MBConv dispatch decision (signature, choice, times, why)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,4 +27,50 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'nds backend':<15} {nds.backend()} (FASTSCARLET_NDS_BACKEND)")
     print(f"{'kernel mode':<15} {current_mode()} (FASTSCARLET_KERNELS)")
     print(f"{'on CUDA runs':<15} {explain('cuda')}")
+    print(dispatch_report(full=getattr(args, "dispatch", False)))
     return 0
+
+
+def dispatch_report(full: bool = False) -> str:
+    """The verified candidates and the measured decisions cached on this machine (per device
+    and library version); with ``full`` every decision, else a count per file."""
+    import json
+
+    from fastscarlet.kernels.autotune import CACHE_ENV, cache_dir
+    from fastscarlet.kernels.dispatch import VERIFIED_CANDIDATES
+
+    verified = ", ".join(sorted(VERIFIED_CANDIDATES)) or "none at this commit"
+    folder = cache_dir()
+    lines = [
+        f"{'verified':<15} MBConv candidates auto may measure: {verified}",
+        f"{'dispatch cache':<15} {folder} ({CACHE_ENV})",
+    ]
+    files = sorted(folder.glob("dispatch-*.json")) if folder.is_dir() else []
+    if not files:
+        lines.append(f"{'':<15} no measured decisions yet")
+    for path in files:
+        try:
+            data = json.loads(path.read_text())
+            entries = data["entries"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            lines.append(
+                f"{'':<15} {path.name}: unreadable ({exc}); rebuilt at the next measurement"
+            )
+            continue
+        chosen: dict[str, int] = {}
+        for entry in entries.values():
+            chosen[entry.get("choice", "?")] = chosen.get(entry.get("choice", "?"), 0) + 1
+        counts = ", ".join(f"{n} {c}" for n, c in sorted(chosen.items())) or "empty"
+        lines.append(
+            f"{'':<15} {path.name}: {data.get('device')} v{data.get('version')}: "
+            f"{len(entries)} signatures ({counts})"
+        )
+        if full:
+            for key, entry in sorted(entries.items()):
+                times = ", ".join(
+                    f"{n} {t * 1e6:.1f} us" for n, t in sorted(entry.get("times", {}).items())
+                )
+                lines.append(
+                    f"{'':<17}{key}: {entry.get('choice')} [{times}] {entry.get('reason')}"
+                )
+    return "\n".join(lines)

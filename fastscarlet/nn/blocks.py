@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from fastscarlet.kernels.dispatch import use_kernels
+from fastscarlet.kernels.block_choice import implementation
 from fastscarlet.space import SEConfig
 
 
@@ -104,16 +104,20 @@ class MBConv(nn.Module):
     def forward_with_se(self, x: torch.Tensor, se: nn.Module | None) -> torch.Tensor:
         """Forward with an SE module that may live outside the block (shared-weight supernets).
 
-        On CUDA this runs the fused Triton kernels (``fastscarlet.kernels.mbconv``) when
-        :func:`~fastscarlet.kernels.dispatch.use_kernels` says so and the configuration is covered;
-        otherwise (always on CPU, unless forced under the Triton interpreter) the plain-PyTorch
-        code below, the reference.
+        On CUDA this may run a kernel implementation of the block (the whole-block Triton
+        kernels, or the partial fusion around PyTorch's depthwise conv) where the kernels'
+        dispatch chooses one (:func:`fastscarlet.kernels.block_choice.implementation`: by
+        default only candidates verified on a GPU, checked against this reference and measured
+        faster); otherwise (always on CPU, unless forced under the Triton interpreter)
+        :meth:`reference_forward`.
         """
-        if use_kernels(x):
-            from fastscarlet.kernels.mbconv import mbconv_block_forward, mbconv_supported
+        impl = implementation(self, se, x)
+        if impl is not None:
+            return impl(self, x, se)
+        return self.reference_forward(x, se)
 
-            if mbconv_supported(self, se, x):
-                return mbconv_block_forward(self, x, se)
+    def reference_forward(self, x: torch.Tensor, se: nn.Module | None) -> torch.Tensor:
+        """The block in plain PyTorch: the reference every kernel implementation is held to."""
         y = self.act(self.bn1(self.expand(x)))
         y = self.act(self.bn2(self.dw(y)))
         if se is not None:
