@@ -43,9 +43,34 @@ KERNEL_ACTS = ("relu", "relu6", "hswish", "swish")
 SE_GATES = ("hsigmoid", "sigmoid")
 
 
-def _dense(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def dense(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Each tensor contiguous (itself when it already is; else a copy that autograd tracks)."""
     return tuple(t.contiguous() for t in tensors)
+
+
+def input_grads(
+    grads: Sequence[torch.Tensor], ctx, w1: torch.Tensor, g1: torch.Tensor, wdw: torch.Tensor,
+    g2: torch.Tensor, w3: torch.Tensor, g3: torch.Tensor, sw1: torch.Tensor | None,
+    sb1: torch.Tensor | None, sw2: torch.Tensor | None, sb2: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, ...]:  # fmt: skip
+    """The 14 outputs of a training backward op (``dx, dW1, dgamma1, dbeta1, dWdw, dgamma2,
+    dbeta2, dW3, dgamma3, dbeta3`` and the 4 SE ones) as the return of an autograd function
+    over the 23 inputs of the training forward op: each gradient in its parameter's shape and
+    dtype, ``dx`` only where ``ctx`` needs it, None for the SE without SE and for the 9 config
+    arguments."""
+    dx, dw1, dg1, db1, dwdw, dg2, db2, dw3, dg3, db3, dsw1, dsb1, dsw2, dsb2 = grads
+
+    def fit(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return grad.view(like.shape).to(like.dtype)
+
+    se = (None,) * 4
+    if ctx.has_se:
+        se = (fit(dsw1, sw1), fit(dsb1, sb1), fit(dsw2, sw2), fit(dsb2, sb2))
+    return (
+        dx if ctx.needs_input_grad[0] else None,
+        fit(dw1, w1), fit(dg1, g1), fit(db1, g1), fit(dwdw, wdw), fit(dg2, g2), fit(db2, g2),
+        fit(dw3, w3), fit(dg3, g3), fit(db3, g3), *se, *([None] * 9),
+    )  # fmt: skip
 
 
 class MBConvTrainFunction(torch.autograd.Function):
@@ -85,19 +110,7 @@ class MBConvTrainFunction(torch.autograd.Function):
             dy, x, z2, z3, stats, se_buf, w1, g1, wdw, g2, w3, g3, sw1, sb1, sw2, sb2,
             *ctx.cfg, ctx.needs_input_grad[0],
         )  # fmt: skip
-        dx, dw1, dg1, db1, dwdw, dg2, db2, dw3, dg3, db3, dsw1, dsb1, dsw2, dsb2 = grads
-
-        def fit(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-            return grad.view(like.shape).to(like.dtype)
-
-        se = (None,) * 4
-        if ctx.has_se:
-            se = (fit(dsw1, sw1), fit(dsb1, sb1), fit(dsw2, sw2), fit(dsb2, sb2))
-        return (
-            dx if ctx.needs_input_grad[0] else None,
-            fit(dw1, w1), fit(dg1, g1), fit(db1, g1), fit(dwdw, wdw), fit(dg2, g2), fit(db2, g2),
-            fit(dw3, w3), fit(dg3, g3), fit(db3, g3), *se, *([None] * 9),
-        )  # fmt: skip
+        return input_grads(grads, ctx, w1, g1, wdw, g2, w3, g3, sw1, sb1, sw2, sb2)
 
 
 def _bn_ok(bn: nn.Module) -> str | None:
@@ -226,7 +239,7 @@ def mbconv_block_forward(
     eps = (float(bn1.eps), float(bn2.eps), float(bn3.eps))
     if block.training:
         out = MBConvTrainFunction.apply(
-            x, w1, *_dense(bn1.weight, bn1.bias, block.dw.weight, bn2.weight, bn2.bias,
+            x, w1, *dense(bn1.weight, bn1.bias, block.dw.weight, bn2.weight, bn2.bias,
             block.project.weight, bn3.weight, bn3.bias), *sw, *cfg, *eps,
         )  # fmt: skip
         y, stats = out[0], out[1]
@@ -234,7 +247,7 @@ def mbconv_block_forward(
         return y
     return call_op(
         mbconv_infer, mbconv_infer_impl,
-        x, w1, *_dense(bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var, block.dw.weight,
+        x, w1, *dense(bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var, block.dw.weight,
         bn2.weight, bn2.bias, bn2.running_mean, bn2.running_var, block.project.weight,
         bn3.weight, bn3.bias, bn3.running_mean, bn3.running_var), *sw, *cfg, *eps,
     )  # fmt: skip
@@ -244,6 +257,8 @@ __all__ = [
     "KERNEL_ACTS",
     "SE_GATES",
     "MBConvTrainFunction",
+    "dense",
+    "input_grads",
     "mbconv_block_forward",
     "mbconv_supported",
     "unsupported_reason",

@@ -62,6 +62,7 @@ from the rounded bf16 ``z1``).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -150,7 +151,7 @@ def w2d(w: torch.Tensor) -> torch.Tensor:
     return w.reshape(w.shape[0], w.shape[1])
 
 
-def _se_gate_fwd(
+def se_gate_fwd(
     pool: torch.Tensor,
     sw1: torch.Tensor,
     sb1: torch.Tensor,
@@ -204,7 +205,7 @@ def mbconv_infer_impl(
     if has_se:
         assert pool is not None and sw1 is not None and sb1 is not None
         assert sw2 is not None and sb2 is not None
-        gate = _se_gate_fwd(pool, sw1, sb1, sw2, sb2, se_act, se_gate, torch.empty_like(pool))
+        gate = se_gate_fwd(pool, sw1, sb1, sw2, sb2, se_act, se_gate, torch.empty_like(pool))
     pw_conv_fwd(
         h2, w2d(w3), yr, geom=(g.N, g.Ho, g.Wo, g.Ho, g.Wo), gate=gate, epi=EPI_BN_EVAL,
         epi_vecs=(g3, b3, m3, v3), eps=eps3, residual=res,
@@ -222,13 +223,34 @@ def stat_blocks(stats: torch.Tensor, hidden: int, cout: int) -> tuple[torch.Tens
     )
 
 
-def mbconv_train_fwd_impl(
+def _dw_fwd_with_sums(
+    a1: torch.Tensor, wdw: torch.Tensor, g: BlockGeometry, stride: int, sums: torch.Tensor
+) -> torch.Tensor:
+    """``z2 = dw(a1)`` by the Triton depthwise kernel, the sums of ``z2`` in its epilogue."""
+    z2 = torch.empty((g.P2, g.hidden), dtype=a1.dtype, device=a1.device)
+    dw_conv_fwd(a1, wdw, (g.N, g.Hs, g.Ws), stride, out=z2, stats=sums)
+    return z2
+
+
+DepthwiseFwd = Callable[
+    [torch.Tensor, torch.Tensor, BlockGeometry, int, torch.Tensor], torch.Tensor
+]
+
+
+def train_forward(
     x: torch.Tensor, w1: torch.Tensor, g1: torch.Tensor, b1: torch.Tensor, wdw: torch.Tensor,
     g2: torch.Tensor, b2: torch.Tensor, w3: torch.Tensor, g3: torch.Tensor, b3: torch.Tensor,
     sw1: torch.Tensor | None, sb1: torch.Tensor | None, sw2: torch.Tensor | None,
     sb2: torch.Tensor | None, stride: int, expand_stride: int, act: str, se_act: str,
-    se_gate: str, residual: bool, eps1: float, eps2: float, eps3: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    se_gate: str, residual: bool, eps1: float, eps2: float, eps3: float, *,
+    depthwise: DepthwiseFwd, keep_a1: bool,
+) -> tuple[
+    torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+]:  # fmt: skip
+    """The training forward whatever runs the depthwise conv: ``depthwise(a1, wdw, geometry,
+    stride, sums)`` returns ``z2 = dw(a1)`` as ``[P2, E]`` rows and adds its sums and sums of
+    squares into the zeroed fp32 ``sums [2*E]``. Returns ``(y, a1, z2, z3, stats, se_buf)``,
+    ``a1`` None unless ``keep_a1`` (else it is freed right after the depthwise conv)."""
     g = block_geometry(x, w1, w3, stride, expand_stride)
     dev, dt, E, cin = x.device, x.dtype, g.hidden, g.cin
     f32 = dict(dtype=torch.float32, device=dev)
@@ -253,16 +275,16 @@ def mbconv_train_fwd_impl(
         xr, w2d(w1), a1, geom=grid1, in_stride=expand_stride, epi=EPI_AFFINE,
         epi_vecs=(st1[SCALE], st1[SHIFT]), epi_act=act,
     )  # fmt: skip
-    z2 = torch.empty((g.P2, E), dtype=dt, device=dev)
-    dw_conv_fwd(a1, wdw, (g.N, g.Hs, g.Ws), stride, out=z2, stats=s2)
-    del a1  # transient: the backward rebuilds it from x inside the depthwise backward
+    z2 = depthwise(a1, wdw, g, stride, s2)
+    kept = a1 if keep_a1 else None
+    del a1  # unless kept: transient (the whole-block backward rebuilds it from x)
     bn_train_finalize(s2, g2, b2, st2, g.P2, eps2)
     gate = None
     if sw1 is not None:
         assert sb1 is not None and sw2 is not None and sb2 is not None
         se_buf = torch.zeros((2, g.N, E), **f32)  # [pooled mean m, gate g]
         affine_act(z2, st2[SCALE], st2[SHIFT], (g.N, g.Ho * g.Wo), act=act, pool=se_buf[0])
-        gate = _se_gate_fwd(se_buf[0], sw1, sb1, sw2, sb2, se_act, se_gate, se_buf[1])
+        gate = se_gate_fwd(se_buf[0], sw1, sb1, sw2, sb2, se_act, se_gate, se_buf[1])
     else:
         se_buf = torch.empty(0, **f32)
     z3 = torch.empty((g.P2, g.cout), dtype=dt, device=dev)
@@ -276,10 +298,24 @@ def mbconv_train_fwd_impl(
         z3, st3[SCALE], st3[SHIFT], (g.N, g.Ho * g.Wo), out=rows(y),
         residual=xr if residual else None,
     )  # fmt: skip
+    return y, kept, z2, z3, stats, se_buf
+
+
+def mbconv_train_fwd_impl(
+    x: torch.Tensor, w1: torch.Tensor, g1: torch.Tensor, b1: torch.Tensor, wdw: torch.Tensor,
+    g2: torch.Tensor, b2: torch.Tensor, w3: torch.Tensor, g3: torch.Tensor, b3: torch.Tensor,
+    sw1: torch.Tensor | None, sb1: torch.Tensor | None, sw2: torch.Tensor | None,
+    sb2: torch.Tensor | None, stride: int, expand_stride: int, act: str, se_act: str,
+    se_gate: str, residual: bool, eps1: float, eps2: float, eps3: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    y, _, z2, z3, stats, se_buf = train_forward(
+        x, w1, g1, b1, wdw, g2, b2, w3, g3, b3, sw1, sb1, sw2, sb2, stride, expand_stride, act,
+        se_act, se_gate, residual, eps1, eps2, eps3, depthwise=_dw_fwd_with_sums, keep_a1=False,
+    )  # fmt: skip
     return y, z2, z3, stats, se_buf
 
 
-def _se_mlp_bwd(
+def se_mlp_bwd(
     m: torch.Tensor,
     dgate: torch.Tensor,
     sw1: torch.Tensor,
@@ -312,21 +348,48 @@ def _se_mlp_bwd(
         )
 
 
-def mbconv_train_bwd_impl(
-    dy: torch.Tensor, x: torch.Tensor, z2: torch.Tensor, z3: torch.Tensor,
-    stats: torch.Tensor, se_buf: torch.Tensor, w1: torch.Tensor, g1: torch.Tensor,
-    wdw: torch.Tensor, g2: torch.Tensor, w3: torch.Tensor, g3: torch.Tensor,
+@dataclass
+class BackwardState:
+    """What :func:`backward_to_dz2` leaves for the rest of a training backward: the geometry, BN1's
+    statistics, its zeroed backward sums ``r1 [2*E]`` (to be accumulated by whichever kernel
+    produces ``du1``), the BN1 coefficient buffer ``c1 [3, E]`` and the gradient outputs (each a
+    separate tensor: a custom op's outputs may not share storage); ``dg2 .. db3`` and
+    ``se_grads`` are final, ``dg1, db1, dw1`` are filled by :func:`backward_from_du1`."""
+
+    g: BlockGeometry
+    st1: torch.Tensor
+    r1: torch.Tensor
+    c1: torch.Tensor
+    dg1: torch.Tensor
+    db1: torch.Tensor
+    dw1: torch.Tensor
+    dg2: torch.Tensor
+    db2: torch.Tensor
+    dw3: torch.Tensor
+    dg3: torch.Tensor
+    db3: torch.Tensor
+    se_grads: list[torch.Tensor]
+
+
+def backward_to_dz2(
+    dy: torch.Tensor, x: torch.Tensor, z2: torch.Tensor, z3: torch.Tensor, stats: torch.Tensor,
+    se_buf: torch.Tensor, w1: torch.Tensor, g2: torch.Tensor, w3: torch.Tensor, g3: torch.Tensor,
     sw1: torch.Tensor | None, sb1: torch.Tensor | None, sw2: torch.Tensor | None,
     sb2: torch.Tensor | None, stride: int, expand_stride: int, act: str, se_act: str,
-    se_gate: str, residual: bool, need_dx: bool,
-) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    se_gate: str,
+) -> tuple[torch.Tensor, BackwardState]:  # fmt: skip
+    """The first steps of a training backward, the same whatever runs the depthwise conv (1-6
+    of the module doc): BN3 sums and coefficients, :func:`~.mbconv_kernels.project_bwd` (``du2``,
+    the SE and BN2 sums, ``dW3``), the SE MLP backward, BN2 coefficients and ``dz2`` (in place
+    over ``du2``). Returns ``(dz2 [P2, E] in x's dtype, the state for the rest)``."""
     g = block_geometry(x, w1, w3, stride, expand_stride)
-    dev, E, k = x.device, g.hidden, wdw.shape[-1]
+    dev, E = x.device, g.hidden
     f32 = dict(dtype=torch.float32, device=dev)
     has_se = sw1 is not None
     HW2 = g.Ho * g.Wo
     dyr = rows(dy)
     st1, st2, st3 = stat_blocks(stats, E, g.cout)
+    # zeroed accumulators (one memset): BN3, BN2, BN1 backward sums, the SE per-image sums
     ws = torch.zeros(2 * g.cout + 4 * E + (3 * g.N * E if has_se else 0), **f32)
     s3, r2, r1 = (
         ws[: 2 * g.cout],
@@ -342,7 +405,6 @@ def mbconv_train_bwd_impl(
     dg2, db2 = torch.empty(E, **f32), torch.empty(E, **f32)
     dg1, db1 = torch.empty(E, **f32), torch.empty(E, **f32)
     dw3 = torch.zeros((g.cout, E), **f32)
-    dwdw = torch.zeros((E, k * k), **f32)
     dw1 = torch.zeros((E, g.cin), **f32)
 
     # BN3 backward: dz3 = A3 dy + B3 z3 + C3
@@ -361,7 +423,7 @@ def mbconv_train_bwd_impl(
     se_term = None
     if has_se:
         assert se_sums is not None and sb1 is not None and sw2 is not None and sb2 is not None
-        dm, *se_grads = _se_mlp_bwd(se_buf[0], se_sums[0], sw1, sb1, sw2, sb2, se_act, se_gate)
+        dm, *se_grads = se_mlp_bwd(se_buf[0], se_sums[0], sw1, sb1, sw2, sb2, se_act, se_gate)
         dmh = (dm / HW2).contiguous()
         # The pooling share of dL/du2 is dmh * act'(u2): add its BN2 sums (S2, S4 = per-image
         # sums of act' and act' * xhat2 from the project backward).
@@ -370,17 +432,21 @@ def mbconv_train_bwd_impl(
     bn_bwd_coef(r2, st2, g2, c2, dg2, db2, g.P2)
     dz2 = du2  # in place
     bn_bwd_apply(du2, z2, c2, dz2, HW2, se_term=se_term, act=act)
-    # depthwise: input gradient (-> du1 through act and BN1's affine) and weight gradient, with
-    # z1 = x W1^T rebuilt per tile from x (never stored)
+    state = BackwardState(g, st1, r1, c1, dg1, db1, dw1, dg2, db2, dw3, dg3, db3, se_grads)
+    return dz2, state
+
+
+def backward_from_du1(
+    bw: BackwardState, du1: torch.Tensor, dwdw: torch.Tensor, dy: torch.Tensor, x: torch.Tensor,
+    w1: torch.Tensor, g1: torch.Tensor, expand_stride: int, residual: bool, need_dx: bool,
+) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """The last steps of a training backward, once ``du1`` (the gradient at BN1's output) and
+    BN1's backward sums ``bw.r1`` exist: BN1 coefficients, ``dx = dz1 W1 (+ dy)`` (only if
+    ``need_dx``) and ``dW1 = dz1^T x``, both rebuilding ``dz1 = A1 du1 + B1 z1 + C1`` with ``z1``
+    from ``x``. Returns the training backward op's 14 outputs (``dwdw`` as given)."""
+    g, st1, c1 = bw.g, bw.st1, bw.c1
     xr, w1r = rows(x), w2d(w1)
-    du1 = torch.empty((g.P1, E), dtype=x.dtype, device=dev)
-    dw_conv_bwd(
-        dz2, None, wdw, (g.N, g.Hs, g.Ws), stride, du1, dwdw, pro_vecs=(st1[SCALE], st1[SHIFT]),
-        pro_act=act, bn_sums=(r1, st1[MEAN], st1[RSTD]),
-        rebuild=(xr, w1r, g.H, g.W, expand_stride),
-    )  # fmt: skip
-    bn_bwd_coef(r1, st1, g1, c1, dg1, db1, g.P1)
-    # expand: dx = dz1 W1 (+ dy), dW1 = dz1^T x, dz1 = A1 du1 + B1 z1 + C1 with z1 rebuilt again
+    bn_bwd_coef(bw.r1, st1, g1, c1, bw.dg1, bw.db1, g.P1)
     if need_dx:
         if expand_stride == 1:
             dx = empty_channels_last(g.N, g.cin, g.H, g.W, x)
@@ -390,28 +456,62 @@ def mbconv_train_bwd_impl(
             du1, w1r, rows(dx), geom=(g.N, g.Hs, g.Ws, g.Hs, g.Ws), out_stride=expand_stride,
             out_hw=(g.H, g.W), weight_transposed=True, pro=PRO_BN_BWD_X,
             pro_vecs=(c1[0], c1[1], c1[2]), z=xr, z_weight=w1r,
-            residual=dyr if residual else None,
+            residual=rows(dy) if residual else None,
         )  # fmt: skip
     else:
-        dx = torch.empty(0, dtype=x.dtype, device=dev)
+        dx = torch.empty(0, dtype=x.dtype, device=x.device)
     pw_conv_wgrad(
-        du1, xr, dw1, geom=(g.N, g.Hs, g.Ws, g.H, g.W), b_stride=expand_stride,
+        du1, xr, bw.dw1, geom=(g.N, g.Hs, g.Ws, g.H, g.W), b_stride=expand_stride,
         pro_a_vecs=(c1[0], c1[1], c1[2]), z_weight=w1r,
     )  # fmt: skip
     return (
-        dx, dw1, dg1, db1, dwdw, dg2, db2, dw3, dg3, db3,
-        *se_grads,
+        dx, bw.dw1, bw.dg1, bw.db1, dwdw, bw.dg2, bw.db2, bw.dw3, bw.dg3, bw.db3,
+        *bw.se_grads,
     )  # fmt: skip
 
 
+def mbconv_train_bwd_impl(
+    dy: torch.Tensor, x: torch.Tensor, z2: torch.Tensor, z3: torch.Tensor,
+    stats: torch.Tensor, se_buf: torch.Tensor, w1: torch.Tensor, g1: torch.Tensor,
+    wdw: torch.Tensor, g2: torch.Tensor, w3: torch.Tensor, g3: torch.Tensor,
+    sw1: torch.Tensor | None, sb1: torch.Tensor | None, sw2: torch.Tensor | None,
+    sb2: torch.Tensor | None, stride: int, expand_stride: int, act: str, se_act: str,
+    se_gate: str, residual: bool, need_dx: bool,
+) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    E, k = w1.shape[0], wdw.shape[-1]
+    dwdw = torch.zeros((E, k * k), dtype=torch.float32, device=x.device)
+    dz2, bw = backward_to_dz2(
+        dy, x, z2, z3, stats, se_buf, w1, g2, w3, g3, sw1, sb1, sw2, sb2, stride, expand_stride,
+        act, se_act, se_gate,
+    )  # fmt: skip
+    g, st1 = bw.g, bw.st1
+    # depthwise: input gradient (-> du1 through act and BN1's affine) and weight gradient, with
+    # z1 = x W1^T rebuilt per tile from x (never stored)
+    du1 = torch.empty((g.P1, E), dtype=x.dtype, device=x.device)
+    dw_conv_bwd(
+        dz2, None, wdw, (g.N, g.Hs, g.Ws), stride, du1, dwdw, pro_vecs=(st1[SCALE], st1[SHIFT]),
+        pro_act=act, bn_sums=(bw.r1, st1[MEAN], st1[RSTD]),
+        rebuild=(rows(x), w2d(w1), g.H, g.W, expand_stride),
+    )  # fmt: skip
+    # expand: dx = dz1 W1 (+ dy), dW1 = dz1^T x, dz1 = A1 du1 + B1 z1 + C1 with z1 rebuilt again
+    return backward_from_du1(bw, du1, dwdw, dy, x, w1, g1, expand_stride, residual, need_dx)
+
+
 __all__ = [
+    "BackwardState",
     "BlockGeometry",
+    "DepthwiseFwd",
+    "backward_from_du1",
+    "backward_to_dz2",
     "block_geometry",
     "empty_channels_last",
     "mbconv_infer_impl",
     "mbconv_train_bwd_impl",
     "mbconv_train_fwd_impl",
     "rows",
+    "se_gate_fwd",
+    "se_mlp_bwd",
     "stat_blocks",
+    "train_forward",
     "w2d",
 ]

@@ -26,13 +26,14 @@ the expand stride), hidden ``E``, output ``[N, Cout, Ho, Wo]`` (``[P2, Cout]`` r
   8. ``z3 = (act(BN2(z2)) * g) W3^T`` + sums of z3; 9. BN3 finalize; 10. ``y = BN3(z3) (+ x)``
 
 **Training backward** (9 launches + the depthwise backward + the SE MLP's tiny ones)
-  1-6 as :func:`.mbconv_host.mbconv_train_bwd_impl`: BN3 sums and coefficients,
-  :func:`.mbconv_kernels.project_bwd` (``du2``, the SE and BN2 sums, ``dW3``), the SE MLP
-  backward, BN2 coefficients, ``dz2`` in place; 7. ``da1, dWdw`` from
+  1-6 by :func:`.mbconv_host.backward_to_dz2`, shared with the whole-block path: BN3 sums and
+  coefficients, :func:`.mbconv_kernels.project_bwd` (``du2``, the SE and BN2 sums, ``dW3``),
+  the SE MLP backward, BN2 coefficients, ``dz2`` in place; 7. ``da1, dWdw`` from
   ``aten.convolution_backward`` (PyTorch); 8. ``du1 = da1 * act'(BN1(z1))`` in place over ``da1``,
   with ``z1 = x W1^T`` rebuilt by the expand GEMM and BN1's two backward sums in its epilogue
-  (``EPI_ACT_BWD``); 9. BN1 coefficients; 10. ``dx = dz1 W1 (+ dy)``, 11. ``dW1 = dz1^T x``
-  (both rebuild ``dz1 = A1 du1 + B1 z1 + C1`` from ``x``, as the whole-block path does).
+  (``EPI_ACT_BWD``); 9-11 by :func:`.mbconv_host.backward_from_du1`, as the whole-block path:
+  BN1 coefficients, ``dx = dz1 W1 (+ dy)``, ``dW1 = dz1^T x`` (both rebuild
+  ``dz1 = A1 du1 + B1 z1 + C1`` from ``x``).
 
 **a1 is kept from the forward, not recomputed.** The depthwise backward needs its input ``a1``.
 The whole-block path rebuilds it per tile inside its own depthwise kernel; a cuDNN call cannot,
@@ -65,35 +66,29 @@ from .batchnorm import (
     SHIFT,
     STAT_ROWS,
     affine_act,
-    bn_bwd_apply,
-    bn_bwd_coef,
-    bn_bwd_reduce,
     bn_eval_fold,
-    bn_gram_finalize,
-    bn_train_finalize,
     channel_sums,
     update_running_stats,
 )
 from .launch import call_op
-from .mbconv import unsupported_reason
+from .mbconv import dense, input_grads, unsupported_reason
 from .mbconv_host import (
-    _se_gate_fwd,
-    _se_mlp_bwd,
+    BlockGeometry,
+    backward_from_du1,
+    backward_to_dz2,
     block_geometry,
     empty_channels_last,
     rows,
+    se_gate_fwd,
     stat_blocks,
+    train_forward,
     w2d,
 )
-from .mbconv_kernels import project_bwd
 from .pointwise import (
     EPI_ACT_BWD,
-    EPI_AFFINE,
     EPI_BN_EVAL,
     PRO_AFFINE,
-    PRO_BN_BWD_X,
     pw_conv_fwd,
-    pw_conv_wgrad,
 )
 
 CL = torch.channels_last
@@ -175,7 +170,7 @@ def partial_infer_impl(
         assert sb1 is not None and sw2 is not None and sb2 is not None
         se_buf = torch.zeros((2, g.N, g.hidden), dtype=torch.float32, device=x.device)
         affine_act(z2, bn2[0], bn2[1], (g.N, g.Ho * g.Wo), act=act, pool=se_buf[0])
-        gate = _se_gate_fwd(se_buf[0], sw1, sb1, sw2, sb2, se_act, se_gate, se_buf[1])
+        gate = se_gate_fwd(se_buf[0], sw1, sb1, sw2, sb2, se_act, se_gate, se_buf[1])
     y = empty_channels_last(g.N, g.cout, g.Ho, g.Wo, x)
     pw_conv_fwd(
         z2, w2d(w3), rows(y), geom=(g.N, g.Ho, g.Wo, g.Ho, g.Wo), pro=PRO_AFFINE,
@@ -185,55 +180,24 @@ def partial_infer_impl(
     return y
 
 
+def _dw_forward_with_sums(a1: _T, wdw: _T, g: BlockGeometry, stride: int, sums: _T) -> _T:
+    """``z2 = dw(a1)`` on PyTorch, then its sums (cuDNN has no statistics epilogue)."""
+    z2 = dw_forward(a1, wdw, (g.N, g.Hs, g.Ws), stride)
+    channel_sums(z2, sums.view(2, g.hidden))
+    return z2
+
+
 def partial_train_fwd_impl(
     x: _T, w1: _T, g1: _T, b1: _T, wdw: _T, g2: _T, b2: _T, w3: _T, g3: _T, b3: _T,
     sw1: _OT, sb1: _OT, sw2: _OT, sb2: _OT, stride: int, expand_stride: int, act: str,
     se_act: str, se_gate: str, residual: bool, eps1: float, eps2: float, eps3: float,
 ) -> tuple[_T, _T, _T, _T, _T, _T]:  # fmt: skip
-    g = block_geometry(x, w1, w3, stride, expand_stride)
-    dev, dt, E, cin = x.device, x.dtype, g.hidden, g.cin
-    f32 = dict(dtype=torch.float32, device=dev)
-    xr = rows(x)
-    grid1 = (g.N, g.Hs, g.Ws, g.H, g.W)
-    # one memset for the atomic accumulators: Gram matrix of x, sums of z2 and of z3
-    acc = torch.zeros((cin + 1) * cin + 2 * E + 2 * g.cout, **f32)
-    gram = acc[: (cin + 1) * cin].view(cin + 1, cin)
-    s2 = acc[(cin + 1) * cin :][: 2 * E].view(2, E)
-    s3 = acc[(cin + 1) * cin + 2 * E :].view(2, g.cout)
-    stats = torch.empty(STAT_ROWS * (2 * E + g.cout), **f32)
-    st1, st2, st3 = stat_blocks(stats, E, g.cout)
-    pw_conv_wgrad(
-        xr, xr, gram, geom=grid1, a_stride=expand_stride, a_hw=(g.H, g.W), b_stride=expand_stride,
-        append_one=True,
+    y, a1, z2, z3, stats, se_buf = train_forward(
+        x, w1, g1, b1, wdw, g2, b2, w3, g3, b3, sw1, sb1, sw2, sb2, stride, expand_stride, act,
+        se_act, se_gate, residual, eps1, eps2, eps3, depthwise=_dw_forward_with_sums,
+        keep_a1=True,  # for the depthwise backward (see the module doc)
     )  # fmt: skip
-    bn_gram_finalize(gram, w2d(w1), g1, b1, st1, g.P1, eps1)
-    a1 = torch.empty((g.P1, E), dtype=dt, device=dev)  # kept for the depthwise backward
-    pw_conv_fwd(
-        xr, w2d(w1), a1, geom=grid1, in_stride=expand_stride, epi=EPI_AFFINE,
-        epi_vecs=(st1[SCALE], st1[SHIFT]), epi_act=act,
-    )  # fmt: skip
-    z2 = dw_forward(a1, wdw, (g.N, g.Hs, g.Ws), stride)
-    channel_sums(z2, s2)
-    bn_train_finalize(s2, g2, b2, st2, g.P2, eps2)
-    gate = None
-    if sw1 is not None:
-        assert sb1 is not None and sw2 is not None and sb2 is not None
-        se_buf = torch.zeros((2, g.N, E), **f32)  # [pooled mean m, gate g]
-        affine_act(z2, st2[SCALE], st2[SHIFT], (g.N, g.Ho * g.Wo), act=act, pool=se_buf[0])
-        gate = _se_gate_fwd(se_buf[0], sw1, sb1, sw2, sb2, se_act, se_gate, se_buf[1])
-    else:
-        se_buf = torch.empty(0, **f32)
-    z3 = torch.empty((g.P2, g.cout), dtype=dt, device=dev)
-    pw_conv_fwd(
-        z2, w2d(w3), z3, geom=(g.N, g.Ho, g.Wo, g.Ho, g.Wo), pro=PRO_AFFINE,
-        pro_vecs=(st2[SCALE], st2[SHIFT]), pro_act=act, gate=gate, stats=s3,
-    )  # fmt: skip
-    bn_train_finalize(s3, g3, b3, st3, g.P2, eps3)
-    y = empty_channels_last(g.N, g.cout, g.Ho, g.Wo, x)
-    affine_act(
-        z3, st3[SCALE], st3[SHIFT], (g.N, g.Ho * g.Wo), out=rows(y),
-        residual=xr if residual else None,
-    )  # fmt: skip
+    assert a1 is not None
     return y, a1, z2, z3, stats, se_buf
 
 
@@ -242,82 +206,21 @@ def partial_train_bwd_impl(
     g2: _T, w3: _T, g3: _T, sw1: _OT, sb1: _OT, sw2: _OT, sb2: _OT, stride: int,
     expand_stride: int, act: str, se_act: str, se_gate: str, residual: bool, need_dx: bool,
 ) -> tuple[_T, ...]:  # fmt: skip
-    g = block_geometry(x, w1, w3, stride, expand_stride)
-    dev, E = x.device, g.hidden
-    f32 = dict(dtype=torch.float32, device=dev)
-    has_se = sw1 is not None
-    HW2 = g.Ho * g.Wo
-    dyr, xr, w1r = rows(dy), rows(x), w2d(w1)
-    st1, st2, st3 = stat_blocks(stats, E, g.cout)
-    # zeroed accumulators (one memset): BN3, BN2, BN1 backward sums, the SE per-image sums
-    ws = torch.zeros(2 * g.cout + 4 * E + (3 * g.N * E if has_se else 0), **f32)
-    s3 = ws[: 2 * g.cout].view(2, g.cout)
-    r2 = ws[2 * g.cout : 2 * g.cout + 2 * E]
-    r1 = ws[2 * g.cout + 2 * E :][: 2 * E].view(2, E)
-    se_sums = ws[2 * g.cout + 4 * E :].view(3, g.N, E) if has_se else None
-    coef = torch.empty(3 * (g.cout + 2 * E), **f32)
-    c3 = coef[: 3 * g.cout].view(3, g.cout)
-    c2 = coef[3 * g.cout : 3 * g.cout + 3 * E].view(3, E)
-    c1 = coef[3 * g.cout + 3 * E :].view(3, E)
-    # separate tensors: a custom op's outputs may not share storage
-    dg3, db3 = torch.empty(g.cout, **f32), torch.empty(g.cout, **f32)
-    dg2, db2 = torch.empty(E, **f32), torch.empty(E, **f32)
-    dg1, db1 = torch.empty(E, **f32), torch.empty(E, **f32)
-    dw3 = torch.zeros((g.cout, E), **f32)
-    dw1 = torch.zeros((E, g.cin), **f32)
-
-    # BN3 backward (dz3 = A3 dy + B3 z3 + C3), then the project conv, SE gate and act into BN2
-    bn_bwd_reduce(dyr, z3, st3[MEAN], st3[RSTD], s3)
-    bn_bwd_coef(s3, st3, g3, c3, dg3, db3, g.P2)
-    gate = se_buf[1] if has_se else None
-    dz2 = torch.empty((g.P2, E), dtype=x.dtype, device=dev)
-    fused = project_bwd(dyr, z3, c3, w2d(w3), z2, st2, gate, dz2, r2, se_sums, dw3, (g.N, HW2), act)
-    if not fused:
-        pw_conv_wgrad(
-            dyr, z2, dw3, geom=(g.N, g.Ho, g.Wo, g.Ho, g.Wo), pro_a_vecs=(c3[0], c3[1], c3[2]),
-            z=z3, pro_b_vecs=(st2[SCALE], st2[SHIFT]), pro_b_act=act, gate=gate,
-        )  # fmt: skip
-    se_grads = [torch.empty(0, **f32) for _ in range(4)]  # distinct: outputs may not alias
-    se_term = None
-    if has_se:
-        assert se_sums is not None and sb1 is not None and sw2 is not None and sb2 is not None
-        dm, *se_grads = _se_mlp_bwd(se_buf[0], se_sums[0], sw1, sb1, sw2, sb2, se_act, se_gate)
-        dmh = (dm / HW2).contiguous()
-        # the SE pooling's share of dL/du2 (dmh * act'(u2)) in BN2's sums, as mbconv_host does
-        r2.view(2, E).add_(torch.stack([(dmh * se_sums[1]).sum(0), (dmh * se_sums[2]).sum(0)]))
-        se_term = (dmh, st2[SCALE], st2[SHIFT])
-    bn_bwd_coef(r2, st2, g2, c2, dg2, db2, g.P2)
-    bn_bwd_apply(dz2, z2, c2, dz2, HW2, se_term=se_term, act=act)  # du2 -> dz2 in place
+    dz2, bw = backward_to_dz2(
+        dy, x, z2, z3, stats, se_buf, w1, g2, w3, g3, sw1, sb1, sw2, sb2, stride, expand_stride,
+        act, se_act, se_gate,
+    )  # fmt: skip
+    g, st1 = bw.g, bw.st1
     # the depthwise conv on PyTorch; then du1 = da1 * act'(BN1(z1)) in place, z1 = x W1^T rebuilt
     # by the expand GEMM, BN1's sums in its epilogue
     da1, dwdw = dw_backward(dz2, a1, wdw, (g.N, g.Hs, g.Ws), stride)
     del dz2
-    grid1 = (g.N, g.Hs, g.Ws, g.H, g.W)
     pw_conv_fwd(
-        xr, w1r, da1, geom=grid1, in_stride=expand_stride, epi=EPI_ACT_BWD,
-        epi_vecs=(st1[SCALE], st1[SHIFT], st1[MEAN], st1[RSTD]), epi_act=act, epi_grad=da1,
-        stats=r1,
+        rows(x), w2d(w1), da1, geom=(g.N, g.Hs, g.Ws, g.H, g.W), in_stride=expand_stride,
+        epi=EPI_ACT_BWD, epi_vecs=(st1[SCALE], st1[SHIFT], st1[MEAN], st1[RSTD]), epi_act=act,
+        epi_grad=da1, stats=bw.r1,
     )  # fmt: skip
-    du1 = da1
-    bn_bwd_coef(r1, st1, g1, c1, dg1, db1, g.P1)
-    if need_dx:
-        if expand_stride == 1:
-            dx = empty_channels_last(g.N, g.cin, g.H, g.W, x)
-        else:  # a strided 1x1 conv never reads the skipped pixels
-            dx = torch.zeros_like(x, memory_format=CL)
-        pw_conv_fwd(
-            du1, w1r, rows(dx), geom=(g.N, g.Hs, g.Ws, g.Hs, g.Ws), out_stride=expand_stride,
-            out_hw=(g.H, g.W), weight_transposed=True, pro=PRO_BN_BWD_X,
-            pro_vecs=(c1[0], c1[1], c1[2]), z=xr, z_weight=w1r,
-            residual=dyr if residual else None,
-        )  # fmt: skip
-    else:
-        dx = torch.empty(0, dtype=x.dtype, device=dev)
-    pw_conv_wgrad(
-        du1, xr, dw1, geom=grid1, b_stride=expand_stride, pro_a_vecs=(c1[0], c1[1], c1[2]),
-        z_weight=w1r,
-    )  # fmt: skip
-    return (dx, dw1, dg1, db1, dwdw, dg2, db2, dw3, dg3, db3, *se_grads)
+    return backward_from_du1(bw, da1, dwdw, dy, x, w1, g1, expand_stride, residual, need_dx)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,19 +360,7 @@ class MBConvPartialTrainFunction(torch.autograd.Function):
             dy, x, a1, z2, z3, stats, se_buf, w1, g1, wdw, g2, w3, g3, sw1, sb1, sw2, sb2,
             *ctx.cfg, ctx.needs_input_grad[0],
         )  # fmt: skip
-        dx, dw1, dg1, db1, dwdw, dg2, db2, dw3, dg3, db3, dsw1, dsb1, dsw2, dsb2 = grads
-
-        def fit(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-            return grad.view(like.shape).to(like.dtype)
-
-        se = (None,) * 4
-        if ctx.has_se:
-            se = (fit(dsw1, sw1), fit(dsb1, sb1), fit(dsw2, sw2), fit(dsb2, sb2))
-        return (
-            dx if ctx.needs_input_grad[0] else None,
-            fit(dw1, w1), fit(dg1, g1), fit(db1, g1), fit(dwdw, wdw), fit(dg2, g2), fit(db2, g2),
-            fit(dw3, w3), fit(dg3, g3), fit(db3, g3), *se, *([None] * 9),
-        )  # fmt: skip
+        return input_grads(grads, ctx, w1, g1, wdw, g2, w3, g3, sw1, sb1, sw2, sb2)
 
 
 def partial_unsupported_reason(
@@ -479,11 +370,6 @@ def partial_unsupported_reason(
     can). Covers what :func:`.mbconv.unsupported_reason` covers without LET folding: the
     depthwise conv is PyTorch's, which takes every configuration the Triton GEMMs around it do."""
     return unsupported_reason(block, se, x)
-
-
-def _dense(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Each tensor contiguous (itself when it already is; else a copy that autograd tracks)."""
-    return tuple(t.contiguous() for t in tensors)
 
 
 def mbconv_partial_forward(
@@ -499,7 +385,7 @@ def mbconv_partial_forward(
         dt = torch.get_autocast_dtype("cuda")
     x = x.to(dt).contiguous(memory_format=CL)
     if se is not None:
-        sw = _dense(se.reduce.weight, se.reduce.bias, se.expand.weight, se.expand.bias)
+        sw = dense(se.reduce.weight, se.reduce.bias, se.expand.weight, se.expand.bias)
         se_names = (module_act_name(se.act), module_act_name(se.gate))
     else:
         sw = (None, None, None, None)
@@ -510,14 +396,14 @@ def mbconv_partial_forward(
     eps = (float(bn1.eps), float(bn2.eps), float(bn3.eps))
     if block.training:
         out = MBConvPartialTrainFunction.apply(
-            x, *_dense(block.expand.weight, bn1.weight, bn1.bias, block.dw.weight, bn2.weight,
+            x, *dense(block.expand.weight, bn1.weight, bn1.bias, block.dw.weight, bn2.weight,
             bn2.bias, block.project.weight, bn3.weight, bn3.bias), *sw, *cfg, *eps,
         )  # fmt: skip
         update_running_stats((bn1, bn2, bn3), stat_blocks(out[1], block.hidden, block.out_channels))
         return out[0]
     return call_op(
         mbconv_partial_infer, partial_infer_impl,
-        x, *_dense(block.expand.weight, bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var,
+        x, *dense(block.expand.weight, bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var,
         block.dw.weight, bn2.weight, bn2.bias, bn2.running_mean, bn2.running_var,
         block.project.weight, bn3.weight, bn3.bias, bn3.running_mean, bn3.running_var), *sw,
         *cfg, *eps,

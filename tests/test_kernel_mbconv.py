@@ -9,6 +9,7 @@ and fp16 with the error budget of ``shared/CONVENTIONS.md`` (see ``fastscarlet.k
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -84,9 +85,15 @@ def _kernel(m: MBConv, x: torch.Tensor) -> torch.Tensor:
     return mbconv_block_forward(m, x, m.se)
 
 
-def _compare(case: Case, training: bool, dtype: torch.dtype, device: str) -> None:
-    """Kernel vs reference in ``dtype`` vs reference in float64, for outputs, all gradients
-    (training) and the BN buffers."""
+def _compare(
+    case: Case,
+    training: bool,
+    dtype: torch.dtype,
+    device: str,
+    forward: Callable[[MBConv, torch.Tensor], torch.Tensor] = _kernel,
+) -> None:
+    """``forward`` (the whole-block kernels unless given) vs reference in ``dtype`` vs reference
+    in float64, for outputs, all gradients (training) and the BN buffers."""
     blk = case.block().to(device)
     blk.train(training)
     x = case.input().to(device)
@@ -96,10 +103,12 @@ def _compare(case: Case, training: bool, dtype: torch.dtype, device: str) -> Non
     grad = g if training else None
     hi = run_module(clone_as(blk, torch.float64), _reference, x.double(), grad)
     lo = run_module(clone_as(blk, dtype), _reference, x.to(dtype), grad)
-    out = run_module(clone_as(blk, dtype), _kernel, x.to(dtype), grad)
-    assert out.out.is_contiguous(memory_format=CL)
+    out = run_module(clone_as(blk, dtype), forward, x.to(dtype), grad)
+    assert out.out.dtype == dtype and out.out.is_contiguous(memory_format=CL)
     assert_within_budget("output", out.out, lo.out, hi.out, dtype)
     assert set(out.grads) == set(hi.grads)
+    if training:  # x, expand/dw/project weights, 3 BN affines (and the SE convs)
+        assert len(hi.grads) == 1 + 3 + 6 + (4 if case.se else 0)
     for name in hi.grads:
         assert_within_budget(f"grad {name}", out.grads[name], lo.grads[name], hi.grads[name], dtype)
     for name, ref in hi.buffers.items():
@@ -459,6 +468,15 @@ def test_gpu_block_with_sweep_depthwise_within_budget(
 @pytest.mark.gpu
 def test_gpu_autocast_module_within_budget(exact_fp32) -> None:
     """fp32 parameters under bf16 autocast (the AMP training setting the benchmark uses)."""
+    hi, lo, out = _autocast_runs(_kernel)
+    for name in hi.grads:
+        assert_within_budget(name, out.grads[name], lo.grads[name], hi.grads[name], torch.bfloat16)
+
+
+def _autocast_runs(forward: Callable[[MBConv, torch.Tensor], torch.Tensor]):
+    """A training step of a layer-4-sized block with fp32 parameters under bf16 autocast: the
+    float64 reference, the reference and ``forward`` under autocast (``run_module`` results),
+    after checking that ``forward``'s output is bf16 and within the bf16 budget."""
     case = Case(40, 40, 6, 5, 1, "hswish", True, 28, N=16)
     blk = case.block().cuda()
     x = case.input().cuda()
@@ -473,11 +491,10 @@ def test_gpu_autocast_module_within_budget(exact_fp32) -> None:
 
     hi = run_module(clone_as(blk, torch.float64), _reference, x.double(), g.double())
     lo = run_module(copy.deepcopy(blk), amp(_reference), x, g)
-    out = run_module(copy.deepcopy(blk), amp(_kernel), x, g)
+    out = run_module(copy.deepcopy(blk), amp(forward), x, g)
     assert out.out.dtype == torch.bfloat16
     assert_within_budget("output", out.out, lo.out, hi.out, torch.bfloat16)
-    for name in hi.grads:
-        assert_within_budget(name, out.grads[name], lo.grads[name], hi.grads[name], torch.bfloat16)
+    return hi, lo, out
 
 
 @needs_cuda

@@ -13,10 +13,17 @@ import copy
 
 import pytest
 import torch
-from test_kernel_mbconv import FAIRNAS_SE, Case, _out_hw, _reference
+from test_kernel_mbconv import (
+    FAIRNAS_SE,
+    Case,
+    _autocast_runs,
+    _reference,
+    exact_fp32,  # noqa: F401  (the fixture, for usefixtures below)
+)
+from test_kernel_mbconv import _compare as compare_with_reference
 
 from fastscarlet.env import triton_interpret
-from fastscarlet.kernels.testing import assert_within_budget, clone_as, run_module
+from fastscarlet.kernels.testing import assert_within_budget
 from fastscarlet.nn.blocks import MBConv
 
 needs_interpreter = pytest.mark.skipif(not triton_interpret(), reason="needs TRITON_INTERPRET=1")
@@ -31,8 +38,9 @@ def _partial(m: MBConv, x: torch.Tensor) -> torch.Tensor:
 
 
 def _compare(case: Case, training: bool, dtype: torch.dtype, device: str) -> None:
-    """Partial fusion vs reference in ``dtype`` vs reference in float64: the output, every
-    gradient (training) and the BN buffers after the call."""
+    """The partial fusion covers the case (:func:`partial_unsupported_reason`), and passes
+    ``test_kernel_mbconv``'s comparison: vs the reference in ``dtype`` and in float64, the output,
+    every gradient (training) and the BN buffers after the call."""
     from fastscarlet.kernels.mbconv_partial import partial_unsupported_reason
 
     blk = case.block().to(device)
@@ -40,26 +48,7 @@ def _compare(case: Case, training: bool, dtype: torch.dtype, device: str) -> Non
     x = case.input().to(device)
     with torch.set_grad_enabled(training):
         assert partial_unsupported_reason(blk, blk.se, x.to(dtype).requires_grad_(training)) is None
-    g = torch.randn(
-        case.N, case.cout, *_out_hw(case), generator=torch.Generator().manual_seed(2)
-    ).to(device)
-    grad = g if training else None
-    with torch.set_grad_enabled(training):
-        hi = run_module(clone_as(blk, torch.float64), _reference, x.double(), grad)
-        lo = run_module(clone_as(blk, dtype), _reference, x.to(dtype), grad)
-        out = run_module(clone_as(blk, dtype), _partial, x.to(dtype), grad)
-    assert out.out.dtype == dtype and out.out.is_contiguous(memory_format=CL)
-    assert_within_budget("output", out.out, lo.out, hi.out, dtype)
-    assert set(out.grads) == set(hi.grads)
-    if training:  # x, expand/dw/project weights, 3 BN affines (and the SE convs)
-        assert len(hi.grads) == 1 + 3 + 6 + (4 if case.se else 0)
-    for name in hi.grads:
-        assert_within_budget(f"grad {name}", out.grads[name], lo.grads[name], hi.grads[name], dtype)
-    for name, ref in hi.buffers.items():
-        if name.endswith("num_batches_tracked"):
-            assert torch.equal(out.buffers[name], ref), name
-        else:
-            assert_within_budget(name, out.buffers[name], lo.buffers[name], ref, dtype)
+        compare_with_reference(case, training, dtype, device, _partial)
 
 
 # k 3/5/7, stride 1 and 2 on odd sizes, SE (both flavours) and none, residual and not,
@@ -312,45 +301,22 @@ GPU_CASES = [
 ]
 
 
-@pytest.fixture
-def exact_fp32():
-    """cuDNN convolutions in fp32 without TF32, so the fp32 reference is fp32."""
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
-
-
 @needs_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("case", GPU_CASES, ids=str)
-def test_gpu_partial_within_budget(case: Case, training: bool, exact_fp32) -> None:
+@pytest.mark.usefixtures("exact_fp32")
+def test_gpu_partial_within_budget(case: Case, training: bool) -> None:
     _compare(case, training, torch.bfloat16, "cuda")
 
 
 @needs_cuda
 @pytest.mark.gpu
-def test_gpu_autocast_partial_within_budget(exact_fp32) -> None:
+@pytest.mark.usefixtures("exact_fp32")
+def test_gpu_autocast_partial_within_budget() -> None:
     """fp32 parameters under bf16 autocast (the AMP training setting): bf16 output, fp32
     gradients within the bf16 budget, the BN buffers too."""
-    case = Case(40, 40, 6, 5, 1, "hswish", True, 28, N=16)
-    blk = case.block().cuda()
-    x = case.input().cuda()
-    g = torch.randn(16, 40, 28, 28, device="cuda")
-
-    def amp(fn):
-        def run(m, inp):
-            with torch.autocast("cuda", torch.bfloat16):
-                return fn(m, inp)
-
-        return run
-
-    hi = run_module(clone_as(blk, torch.float64), _reference, x.double(), g.double())
-    lo = run_module(copy.deepcopy(blk), amp(_reference), x, g)
-    out = run_module(copy.deepcopy(blk), amp(_partial), x, g)
-    assert out.out.dtype == torch.bfloat16
-    assert_within_budget("output", out.out, lo.out, hi.out, torch.bfloat16)
+    hi, lo, out = _autocast_runs(_partial)
     for name in hi.grads:
         assert out.grads[name].dtype == lo.grads[name].dtype, name
         assert_within_budget(name, out.grads[name], lo.grads[name], hi.grads[name], torch.bfloat16)
