@@ -11,29 +11,36 @@ decision with its margin, the timer, the cache.
   activation, and the device's name.
 * :meth:`Autotuner.decide` first lets a ``verify`` callback reject candidates whose results do not
   match the reference (a kernel that is wrong on this device is never timed, let alone chosen),
-  then runs every remaining candidate through a timer (default :func:`time_once`: a few
-  warm-up calls, then one timed call, as ``cudnn.benchmark`` does) and takes a kernel only when
+  then runs every remaining candidate through a timer (default :func:`time_median`: a few
+  warm-up calls, then the median of five timed calls) and takes a kernel only when
   ``t_reference >= (1 + margin) * t_kernel`` (:func:`choose`; margin 3%: repeated timings of the
   same launch on a GPU typically differ by a percent or two, so a smaller "win" is noise). The
   timer is injectable, which is how the decision logic is tested on a CPU.
 * Decisions are stored in ``$FASTSCARLET_CACHE_DIR`` (default ``~/.cache/fastscarlet``), one JSON
-  file per device name and library version, so a new GPU or a new release measures again. Files
-  are written atomically (temporary file + ``os.replace``); an unreadable file gives a warning
-  and is rebuilt from new measurements.
+  file per device name and build (:func:`build_id`: the library version, torch's and Triton's, and
+  a hash of the kernels' sources), so a new GPU, release, compiler or kernel edit measures (and
+  checks) again. Files are written atomically (temporary file + ``os.replace``) under a file lock,
+  merged with what other processes wrote meanwhile; an unreadable file gives a warning and is
+  rebuilt from new measurements.
 
 Imports neither Triton nor the kernels (the candidates arrive as callables).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import importlib.metadata
 import json
 import os
 import re
+import statistics
 import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +61,24 @@ def library_version() -> str:
         return importlib.metadata.version("fastscarlet")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+@functools.lru_cache(maxsize=1)
+def build_id() -> str:
+    """What a cached decision is valid for besides the device: the library version, torch's and
+    Triton's versions, and a hash of the kernels' sources (an editable install keeps its version
+    across commits; a kernel edit must be checked and measured again)."""
+    try:
+        triton_version = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        triton_version = "none"
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return (
+        f"{library_version()}+torch{torch.__version__}+triton{triton_version}"
+        f"+src{digest.hexdigest()[:10]}"
+    )
 
 
 @dataclass(frozen=True)
@@ -118,17 +143,37 @@ def choose(times: Mapping[str, float], margin: float = MARGIN) -> tuple[str, str
     )
 
 
-def time_once(fn: Callable[[], object], warmup: int = 3) -> float:
-    """Seconds of one call of ``fn`` after ``warmup`` calls (compilation, caches, clocks); the
-    CUDA queue is drained before and after the timed call."""
+def time_median(fn: Callable[[], object], warmup: int = 3, reps: int = 5) -> float:
+    """Median seconds of ``reps`` calls of ``fn`` after ``warmup`` calls (compilation, caches,
+    clocks); the current CUDA device's queue is drained around each timed call (run it under
+    ``torch.cuda.device(d)`` to time device ``d``)."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(warmup):
         fn()
-    sync()
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - t0
+    times = []
+    for _ in range(reps):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (processes on one machine; no-op where unsupported)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def device_name(device: torch.device | str) -> str:
@@ -159,16 +204,17 @@ class Autotuner:
         *,
         directory: Path | str | None = None,
         version: str | None = None,
-        timer: Timer = time_once,
+        timer: Timer = time_median,
         margin: float = MARGIN,
     ) -> None:
         self.device = device
-        self.version = version or library_version()
+        self.version = version or build_id()
         folder = Path(directory) if directory is not None else cache_dir()
         self.path = folder / f"dispatch-{_slug(device)}-{_slug(self.version)}.json"
         self.timer = timer
         self.margin = margin
         self._entries: dict[str, dict] | None = None
+        self._lock = threading.Lock()  # threads sharing a tuner (nn.DataParallel)
 
     def _load(self) -> dict[str, dict]:
         """The cached entries; a missing file is empty, an unreadable one warns and is empty."""
@@ -189,11 +235,23 @@ class Autotuner:
             )
             return {}
 
-    def _save(self) -> None:
-        """Write the entries atomically: a temporary file in the same folder, then ``os.replace``
-        (a reader sees the old file or the new one, never half of one)."""
+    def _save(self, new: dict[str, dict]) -> None:
+        """Add ``new`` entries to the file: under a lock file, re-read what other processes wrote
+        meanwhile, merge, and write atomically (a temporary file in the same folder, then
+        ``os.replace``: a reader sees the old file or the new one, never half of one)."""
         assert self._entries is not None
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(self.path.with_name(self.path.name + ".lock")):
+            if self.path.exists():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # already warned when first read
+                    self._entries = {**self._load(), **self._entries, **new}
+            else:
+                self._entries.update(new)
+            self._write()
+
+    def _write(self) -> None:
+        assert self._entries is not None
         data = {
             "format": _FORMAT,
             "device": self.device,
@@ -245,6 +303,10 @@ class Autotuner:
             )
         if self._entries is None:
             self._entries = self._load()
+        with self._lock:
+            return self._decide(signature, candidates, verify)
+
+    def _decide(self, signature, candidates, verify) -> Decision:
         key = signature.key()
         hit = self.cached(signature)
         if hit is not None and hit.choice in candidates:
@@ -261,7 +323,7 @@ class Autotuner:
             reason += "; rejected: " + ", ".join(f"{n} ({why})" for n, why in rejected.items())
         entry = {"choice": choice, "times": times, "reason": reason, "rejected": rejected}
         self._entries[key] = entry
-        self._save()
+        self._save({key: entry})
         return Decision(choice, times, reason, False, rejected)
 
 
@@ -272,9 +334,10 @@ __all__ = [
     "Autotuner",
     "BlockSignature",
     "Decision",
+    "build_id",
     "cache_dir",
     "choose",
     "device_name",
     "library_version",
-    "time_once",
+    "time_median",
 ]

@@ -21,8 +21,18 @@ A measurement runs on the call's own input, weights and autocast state:
    the measurement, then the chosen candidate runs the call itself: the module's state changes
    exactly as one call would change it.
 
-Nothing is measured while ``torch.compile`` traces or a CUDA graph captures (timing needs host
-synchronisation): a cached decision is used if there is one, else the reference.
+Only a signature's first call measures: later calls find the decision in the tuner's cache
+before anything is allocated. Under ``torch.compile`` the measured modes run the reference (the
+cache is a file, which dynamo cannot trace; ``triton``/``partial`` force a kernel into a compiled
+graph); while a CUDA graph captures, a cached decision is used if there is one, else the
+reference (timing needs host synchronisation).
+
+Limits, by design: a measurement holds one more block's activations and gradients at the first
+call of a signature (warm the cache with a smaller run, or ``benchmarks/bench_mbconv.py``, where
+memory is tight); a kernel that faults on the device (an illegal address) is not "rejected", it
+ends the CUDA context, which is why ``auto`` measures only GPU-verified candidates; under AMP the
+kernels return the autocast dtype where the reference's residual add promotes to the input's
+dtype; processes (DDP ranks) that measure the same signature at once may choose differently.
 
 :func:`recent` lists the decisions this process took (for benchmarks and ``fastscarlet info``).
 """
@@ -86,7 +96,9 @@ def reference_forward(block: nn.Module, x: torch.Tensor, se: nn.Module | None) -
 
 
 def signature(block: nn.Module, se: nn.Module | None, x: torch.Tensor) -> BlockSignature:
-    """What the decision for this call depends on."""
+    """What the decision (and the check behind it) for this call depends on."""
+    from .activations import module_act_name
+
     dt = x.dtype
     if x.is_cuda and torch.is_autocast_enabled("cuda"):
         dt = torch.get_autocast_dtype("cuda")
@@ -97,6 +109,10 @@ def signature(block: nn.Module, se: nn.Module | None, x: torch.Tensor) -> BlockS
         tuple(block.project.weight.shape[:2]),
         tuple(block.expand.stride),
     )
+    act = str(block.act_name)
+    if se is not None:
+        shapes += (tuple(se.reduce.weight.shape[:2]),)
+        act += f"+se-{module_act_name(se.act)}-{module_act_name(se.gate)}"
     return BlockSignature(
         shapes=shapes,
         dtype=str(dt).removeprefix("torch."),
@@ -107,7 +123,7 @@ def signature(block: nn.Module, se: nn.Module | None, x: torch.Tensor) -> BlockS
         training=bool(block.training),
         device=device_name(x.device),
         grad=_needs_grad(block, se, x),
-        act=str(block.act_name),
+        act=act,
     )
 
 
@@ -179,7 +195,7 @@ def measure(
     sig: BlockSignature,
 ) -> Decision:
     """Check and time ``names`` against the reference on this call (steps 1-3 of the module
-    doc), or return the cached decision."""
+    doc); the tuner returns its cached decision instead where it has one."""
     dy = None
     if sig.grad:
         gen = torch.Generator(device=x.device).manual_seed(0)
@@ -200,7 +216,8 @@ def measure(
         return bad
 
     cands = {n: (lambda n=n: _call(n, block, se, x, dy)) for n in (REFERENCE, *names)}
-    with _state_kept([m for m in (block, se) if m is not None]):
+    on_device = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+    with _state_kept([m for m in (block, se) if m is not None]), on_device:
         return tune.decide(sig, cands, verify)
 
 
@@ -213,17 +230,18 @@ def _out_shape(block: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
     return (x.shape[0], block.project.out_channels, h, w)
 
 
-def _tracing() -> bool:
-    if torch.compiler.is_compiling():
-        return True
+def _capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+_CPU_AUTO = Decision(REFERENCE, reason="auto: not on a CUDA device")
 
 
 def choose(block: nn.Module, se: nn.Module | None, x: torch.Tensor) -> Decision:
     """The implementation that runs this call under the mode in force, and why."""
     mode = current_mode()
     if mode == "auto" and not x.is_cuda:  # the common CPU case, decided without a probe
-        return Decision(REFERENCE, reason="auto: not on a CUDA device")
+        return _CPU_AUTO
     if mode == "reference":
         return Decision(REFERENCE, reason="FASTSCARLET_KERNELS=reference")
     usable, interpret, why_not = _triton_state()
@@ -236,13 +254,15 @@ def choose(block: nn.Module, se: nn.Module | None, x: torch.Tensor) -> Decision:
         return Decision(REFERENCE, reason=why)
     if not timed:
         return Decision(names[0], reason=why)
+    if torch.compiler.is_compiling():
+        return Decision(REFERENCE, reason=f"{why}; not measured under torch.compile")
     tune = tuner(x.device)
     sig = signature(block, se, x)
-    if _tracing():
-        hit = tune.cached(sig)
-        if hit is not None and (hit.choice == REFERENCE or hit.choice in names):
-            return hit
-        return Decision(REFERENCE, reason=f"{why}; not measured while tracing or capturing")
+    hit = tune.cached(sig)
+    if hit is not None and (hit.choice == REFERENCE or hit.choice in names):
+        return hit  # every call after a signature's first: no allocation, no timing
+    if _capturing():
+        return Decision(REFERENCE, reason=f"{why}; not measured while a CUDA graph captures")
     decision = measure(block, se, x, names, tune, sig)
     _RECENT[sig.key()] = (sig, decision)
     return decision

@@ -252,6 +252,10 @@ def test_training_graphs_need_grad_mode_and_an_input_that_requires_grad(scarlet)
     assert "does not require grad" in seg.mismatch(sample.detach())
     with torch.no_grad():
         assert "grad mode" in seg.mismatch(sample)
+    next(seg.modules[0].parameters()).requires_grad_(False)  # frozen after capture
+    assert "requires_grad changed" in seg.mismatch(sample)
+    next(seg.modules[0].parameters()).requires_grad_(True)
+    assert seg.mismatch(sample) is None
     net.eval()
     assert "train mode" in seg.mismatch(sample)
 

@@ -157,10 +157,35 @@ def test_all_candidates_rejected_leaves_the_reference(tmp_path) -> None:
     assert d.choice == REFERENCE and timer.calls == [REFERENCE]
 
 
-def test_time_once_warms_up_then_times_one_call() -> None:
+def test_time_median_warms_up_then_takes_the_median() -> None:
     calls = []
-    t = autotune.time_once(lambda: calls.append(1), warmup=2)
-    assert len(calls) == 3 and t >= 0.0
+    clock = iter([0.0, 1.0, 1.0, 1.5, 2.0, 5.0])  # timed calls of 1.0, 0.5, 3.0 s
+
+    def fake_counter():
+        return next(clock)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(autotune.time, "perf_counter", fake_counter):
+        t = autotune.time_median(lambda: calls.append(1), warmup=2, reps=3)
+    assert len(calls) == 5 and t == 1.0
+
+
+def test_two_processes_writing_one_cache_merge_their_entries(tmp_path) -> None:
+    """Each tuner loads the file once; a save re-reads it under the lock and merges, so a second
+    process (here a second tuner) does not overwrite the first one's measurements."""
+    a = Autotuner(
+        GPU, directory=tmp_path, version="1.0", timer=ForcedTimer({REFERENCE: 1.0, "triton": 0.5})
+    )
+    b = Autotuner(
+        GPU, directory=tmp_path, version="1.0", timer=ForcedTimer({REFERENCE: 1.0, "triton": 2.0})
+    )
+    a.decide(_sig(), _cands(REFERENCE, "triton"))
+    b.cached(_sig(kernel=3))  # b loaded the file before a's next write
+    a.decide(_sig(training=False), _cands(REFERENCE, "triton"))
+    b.decide(_sig(kernel=3), _cands(REFERENCE, "triton"))
+    entries = json.loads(a.path.read_text())["entries"]
+    assert set(entries) == {_sig().key(), _sig(training=False).key(), _sig(kernel=3).key()}
 
 
 def test_a_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch) -> None:
@@ -178,12 +203,34 @@ def test_a_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch) -
     with pytest.raises(OSError, match="disk full"):
         tuner.decide(_sig(training=False), _cands(REFERENCE, "triton"))
     assert tuner.path.read_text() == before
-    assert [p.name for p in tmp_path.iterdir()] == [tuner.path.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        tuner.path.name,
+        tuner.path.name + ".lock",
+    ]
 
 
-def test_default_version_is_the_installed_library(tmp_path) -> None:
+def test_default_version_is_the_build(tmp_path, monkeypatch) -> None:
+    """The installed library, torch, Triton and the kernels' sources: an edit of a kernel file
+    makes a new cache (its candidates are checked and measured again)."""
     import importlib.metadata
 
+    import torch
+
     tuner = Autotuner("cpu", directory=tmp_path)
-    assert tuner.version == importlib.metadata.version("fastscarlet") != "unknown"
-    assert tuner.version in tuner.path.name
+    lib = importlib.metadata.version("fastscarlet")
+    assert tuner.version.startswith(f"{lib}+torch{torch.__version__}+triton")
+    assert "+src" in tuner.version and autotune._slug(tuner.version) in tuner.path.name
+    autotune.build_id.cache_clear()
+    monkeypatch.setattr(autotune.hashlib, "sha256", lambda: _FixedHash())
+    try:
+        assert autotune.build_id().endswith("+src0123456789")
+    finally:
+        autotune.build_id.cache_clear()
+
+
+class _FixedHash:
+    def update(self, data: bytes) -> None:
+        pass
+
+    def hexdigest(self) -> str:
+        return "0123456789abcdef"

@@ -88,12 +88,16 @@ def test_signature_names_what_the_choice_depends_on() -> None:
     blk = _block()
     x = _x()
     base = block_choice.signature(blk, blk.se, x)
-    assert base.shapes[0] == (2, 8, 5, 5) and base.kernel == 3 and base.act == "hswish"
+    assert base.shapes[0] == (2, 8, 5, 5) and base.kernel == 3
+    assert base.act == "hswish+se-relu-hsigmoid"
+    assert base.shapes[-1] == tuple(blk.se.reduce.weight.shape[:2])  # the SE widths
     assert base.training and base.se and base.residual and base.device == "cpu"
     assert base.grad  # the block's parameters need gradients, and grad mode is on
     with torch.no_grad():
         assert not block_choice.signature(blk, blk.se, x).grad
     assert not block_choice.signature(blk, None, x).se
+    other_gate = MBConv(8, 8, 16, 3, 1, "hswish", SEConfig(gate="sigmoid"))
+    assert block_choice.signature(other_gate, other_gate.se, x).key() != base.key()
     blk.eval()
     assert not block_choice.signature(blk, blk.se, x).training
     assert block_choice.signature(blk, blk.se, _x(H=7)).key() != base.key()
@@ -206,20 +210,54 @@ def test_forced_modes_run_their_candidate_without_measuring(forced, monkeypatch)
 
 @pytest.mark.interpreter
 @needs_interpreter
-def test_nothing_is_measured_while_tracing(forced, monkeypatch) -> None:
-    """torch.compile tracing (or a CUDA graph capture) cannot time: a cached decision is used,
-    else the reference."""
+def test_nothing_is_measured_while_a_cuda_graph_captures(forced, monkeypatch) -> None:
+    """Capture cannot time: a cached decision is used, else the reference."""
     tune = forced({REFERENCE: 1.0, "triton": 0.5, "partial": 0.8})
     blk = _block()
     x = _x()
-    monkeypatch.setattr(block_choice, "_tracing", lambda: True)
+    monkeypatch.setattr(block_choice, "_capturing", lambda: True)
     with kernel_mode("measure"):
         d = block_choice.choose(blk, blk.se, x)
-    assert d.choice == REFERENCE and "tracing" in d.reason and tune.timer.calls == []
-    monkeypatch.setattr(block_choice, "_tracing", lambda: False)
+    assert d.choice == REFERENCE and "captures" in d.reason and tune.timer.calls == []
+    monkeypatch.setattr(block_choice, "_capturing", lambda: False)
     with kernel_mode("measure"):
         block_choice.choose(blk, blk.se, x)  # measured now
-    monkeypatch.setattr(block_choice, "_tracing", lambda: True)
+    monkeypatch.setattr(block_choice, "_capturing", lambda: True)
     with kernel_mode("measure"):
         d = block_choice.choose(blk, blk.se, x)
     assert d.choice == "triton" and d.cached
+
+
+@pytest.mark.interpreter
+@needs_interpreter
+def test_later_calls_of_a_signature_do_not_measure(forced, monkeypatch) -> None:
+    """Only the first call of a signature measures: later ones take the cached decision before
+    anything is allocated (the measurement's setup, run on every call, would cost launches)."""
+    forced({REFERENCE: 1.0, "triton": 0.5, "partial": 0.8})
+    blk = _block(se=False)
+    blk.eval()
+    with torch.no_grad(), kernel_mode("measure"):
+        assert block_choice.choose(blk, None, _x()).choice == "triton"
+
+        def no_measure(*args, **kwargs):
+            raise AssertionError("measured again")
+
+        monkeypatch.setattr(block_choice, "measure", no_measure)
+        d = block_choice.choose(blk, None, _x())
+        assert d.choice == "triton" and d.cached
+
+
+@pytest.mark.interpreter
+@needs_interpreter
+def test_compiled_blocks_run_the_reference_without_measuring(forced) -> None:
+    """torch.compile traces a measured mode in one graph (no file IO, no graph break) and runs
+    the module's PyTorch code."""
+    tune = forced({REFERENCE: 1.0, "triton": 0.5, "partial": 0.8})
+    blk = _block().eval()
+    x = _x()
+    torch._dynamo.reset()
+    with torch.no_grad(), kernel_mode("measure"):
+        got = torch.compile(blk, backend="eager", fullgraph=True)(x)
+        want = blk.reference_forward(x, blk.se)
+    torch.testing.assert_close(got, want)
+    assert tune.timer.calls == [] and not tune.path.exists()

@@ -52,7 +52,6 @@ On CPU (or with ``policy="off"``) nothing changes and the report says why.
 from __future__ import annotations
 
 import contextlib
-import statistics
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -61,7 +60,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from fastscarlet.kernels.autotune import MARGIN, REFERENCE, choose, time_once
+from fastscarlet.kernels.autotune import MARGIN, REFERENCE, choose, time_median
 
 POLICIES = ("auto", "on", "off")
 GRAPH = "graph"
@@ -198,6 +197,7 @@ class SegmentGraph:
         self._submodules = [s for m in self.modules for s in m.modules()]
         self._params = [p for m in self.modules for p in m.parameters()]
         self._ptrs = [p.data_ptr() for p in self._params]
+        self._frozen = [p.requires_grad for p in self._params]
         self.replays = 0
         self.fallbacks = 0
         self._stale_warned = False
@@ -228,6 +228,9 @@ class SegmentGraph:
                 )
                 self._stale_warned = True
             return "parameters moved since capture"
+        if self.training and [p.requires_grad for p in self._params] != self._frozen:
+            # the training graph computes gradients for the parameters that needed them at capture
+            return "a parameter's requires_grad changed since capture"
         return None
 
     def matches(self, x: torch.Tensor) -> bool:
@@ -497,15 +500,15 @@ class GraphReport:
 
 
 def default_timer(fn: Callable[[], object]) -> float:
-    """Seconds per call: the median of 5 :func:`~fastscarlet.kernels.autotune.time_once` of 10
-    back-to-back calls (one call of a 7x7 segment is ~100 us, close to the synchronisation's own
+    """Seconds per call: :func:`~fastscarlet.kernels.autotune.time_median` (5 timed runs after 3
+    warm-up runs) of 10 back-to-back calls (one call of a 7x7 segment is ~100 us, close to the synchronisation's own
     cost, so single calls would mostly time the sync)."""
 
     def ten() -> None:
         for _ in range(10):
             fn()
 
-    return statistics.median(time_once(ten, warmup=1 if i else 3) for i in range(5)) / 10
+    return time_median(ten, warmup=3, reps=5) / 10
 
 
 @contextlib.contextmanager
