@@ -190,6 +190,17 @@ def cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "fastscarlet"
 
 
+def read_cache(path: Path) -> dict:
+    """A dispatch cache file's data (``format``, ``device``, ``version``, ``entries``); raises
+    ``OSError``/``ValueError`` naming what is wrong with it."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
+        raise ValueError("not a dispatch cache (no 'entries' object)")
+    if data.get("format") != _FORMAT:
+        raise ValueError(f"format {data.get('format')!r}, expected {_FORMAT}")
+    return data
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "unknown"
 
@@ -221,12 +232,7 @@ class Autotuner:
         if not self.path.exists():
             return {}
         try:
-            data = json.loads(self.path.read_text())
-            if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
-                raise ValueError("not a dispatch cache (no 'entries' object)")
-            if data.get("format") != _FORMAT:
-                raise ValueError(f"format {data.get('format')!r}, expected {_FORMAT}")
-            return data["entries"]
+            return read_cache(self.path)["entries"]
         except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
             warnings.warn(
                 f"{self.path}: unreadable dispatch cache ({exc}); it will be rebuilt from new "
@@ -235,19 +241,16 @@ class Autotuner:
             )
             return {}
 
-    def _save(self, new: dict[str, dict]) -> None:
-        """Add ``new`` entries to the file: under a lock file, re-read what other processes wrote
-        meanwhile, merge, and write atomically (a temporary file in the same folder, then
+    def _save(self) -> None:
+        """Write the entries: under a lock file, merge what other processes wrote meanwhile
+        (ours win), and write atomically (a temporary file in the same folder, then
         ``os.replace``: a reader sees the old file or the new one, never half of one)."""
         assert self._entries is not None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _file_lock(self.path.with_name(self.path.name + ".lock")):
-            if self.path.exists():
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # already warned when first read
-                    self._entries = {**self._load(), **self._entries, **new}
-            else:
-                self._entries.update(new)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # already warned when first read
+                self._entries = {**self._load(), **self._entries}
             self._write()
 
     def _write(self) -> None:
@@ -279,12 +282,6 @@ class Autotuner:
             dict(hit.get("rejected", {})),
         )  # fmt: skip
 
-    def entries(self) -> dict[str, dict]:
-        """Every cached decision of this device and version: signature key -> entry."""
-        if self._entries is None:
-            self._entries = self._load()
-        return dict(self._entries)
-
     def decide(
         self,
         signature: BlockSignature,
@@ -293,16 +290,14 @@ class Autotuner:
     ) -> Decision:
         """The cached decision for ``signature`` if there is one naming a candidate, else: let
         ``verify(names)`` reject kernel candidates (it returns ``{name: why}`` for those whose
-        results do not match the reference), time every remaining candidate once (after the
-        timer's warm-up), choose (:func:`choose`) and cache."""
+        results do not match the reference), time every remaining candidate with the timer,
+        choose (:func:`choose`) and cache."""
         if REFERENCE not in candidates:
             raise ValueError(f"candidates: the {REFERENCE!r} candidate is missing")
         if signature.device != self.device:
             raise ValueError(
                 f"signature: device {signature.device!r}, this tuner measures {self.device!r}"
             )
-        if self._entries is None:
-            self._entries = self._load()
         with self._lock:
             return self._decide(signature, candidates, verify)
 
@@ -323,7 +318,7 @@ class Autotuner:
             reason += "; rejected: " + ", ".join(f"{n} ({why})" for n, why in rejected.items())
         entry = {"choice": choice, "times": times, "reason": reason, "rejected": rejected}
         self._entries[key] = entry
-        self._save({key: entry})
+        self._save()
         return Decision(choice, times, reason, False, rejected)
 
 
@@ -339,5 +334,6 @@ __all__ = [
     "choose",
     "device_name",
     "library_version",
+    "read_cache",
     "time_median",
 ]

@@ -34,7 +34,8 @@ ends the CUDA context, which is why ``auto`` measures only GPU-verified candidat
 kernels return the autocast dtype where the reference's residual add promotes to the input's
 dtype; processes (DDP ranks) that measure the same signature at once may choose differently.
 
-:func:`recent` lists the decisions this process took (for benchmarks and ``fastscarlet info``).
+:func:`recent` lists the decisions this process measured; ``fastscarlet info --dispatch`` lists
+every decision cached on this machine.
 """
 
 from __future__ import annotations
@@ -222,11 +223,10 @@ def measure(
 
 
 def _out_shape(block: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
-    es, s, k = block.expand.stride[0], block.dw.stride[0], block.dw.kernel_size[0]
-    h, w = x.shape[2], x.shape[3]
-    for stride, kernel in ((es, 1), (s, k)):  # a 1x1 conv without padding, then the depthwise
-        h = (h + 2 * (kernel // 2) - kernel) // stride + 1
-        w = (w + 2 * (kernel // 2) - kernel) // stride + 1
+    from .depthwise import dw_out_size  # measured modes run only where Triton imports
+
+    es, s = block.expand.stride[0], block.dw.stride[0]
+    h, w = (dw_out_size(dw_out_size(n, es), s) for n in x.shape[2:])
     return (x.shape[0], block.project.out_channels, h, w)
 
 

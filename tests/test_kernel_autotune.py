@@ -234,3 +234,22 @@ class _FixedHash:
 
     def hexdigest(self) -> str:
         return "0123456789abcdef"
+
+
+def test_info_lists_the_cached_decisions(tmp_path, monkeypatch) -> None:
+    """``fastscarlet info --dispatch`` reads every cache file of the folder: a count per choice,
+    every decision with its times, and an unreadable file named as such."""
+    from fastscarlet.cli.info import dispatch_report
+
+    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path))
+    assert "no measured decisions yet" in dispatch_report()
+    tuner = Autotuner(GPU, directory=tmp_path, version="1.0",
+                      timer=ForcedTimer({REFERENCE: 1.0, "triton": 0.5}))  # fmt: skip
+    tuner.decide(_sig(), _cands(REFERENCE, "triton"))
+    tuner.decide(_sig(kernel=3), _cands(REFERENCE))
+    (tmp_path / "dispatch-other-0.json").write_text("{broken")
+    short, full = dispatch_report(), dispatch_report(full=True)
+    assert f"{tuner.path.name}: {GPU} v1.0: 2 signatures (reference 1, triton 1)" in short
+    assert "dispatch-other-0.json: unreadable" in short
+    assert _sig().key() not in short
+    assert f"{_sig().key()}: triton [reference 1000000.0 us, triton 500000.0 us]" in full

@@ -34,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
 def dispatch_report(full: bool = False) -> str:
     """The verified candidates and the measured decisions cached on this machine (per device
     and library version); with ``full`` every decision, else a count per file."""
-    import json
+    from collections import Counter
 
-    from fastscarlet.kernels.autotune import CACHE_ENV, cache_dir
+    from fastscarlet.kernels.autotune import CACHE_ENV, cache_dir, read_cache
     from fastscarlet.kernels.dispatch import VERIFIED_CANDIDATES
 
     verified = ", ".join(sorted(VERIFIED_CANDIDATES)) or "none at this commit"
@@ -50,16 +50,14 @@ def dispatch_report(full: bool = False) -> str:
         lines.append(f"{'':<15} no measured decisions yet")
     for path in files:
         try:
-            data = json.loads(path.read_text())
+            data = read_cache(path)
             entries = data["entries"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError) as exc:
             lines.append(
                 f"{'':<15} {path.name}: unreadable ({exc}); rebuilt at the next measurement"
             )
             continue
-        chosen: dict[str, int] = {}
-        for entry in entries.values():
-            chosen[entry.get("choice", "?")] = chosen.get(entry.get("choice", "?"), 0) + 1
+        chosen = Counter(entry.get("choice", "?") for entry in entries.values())
         counts = ", ".join(f"{n} {c}" for n, c in sorted(chosen.items())) or "empty"
         lines.append(
             f"{'':<15} {path.name}: {data.get('device')} v{data.get('version')}: "

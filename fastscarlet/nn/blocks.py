@@ -207,6 +207,14 @@ def init_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def zero_init_residual_(module: nn.Module) -> None:
+    """Every residual MBConv's last BN starts with gamma = 0, so the block starts as the identity
+    (Goyal et al. 2017; timm's ``zero_init_last``)."""
+    for m in module.modules():
+        if isinstance(m, MBConv) and m.residual:
+            nn.init.zeros_(m.bn3.weight)
+
+
 __all__ = [
     "ClassifierHead",
     "MBConv",
@@ -217,4 +225,5 @@ __all__ = [
     "make_activation",
     "make_gate",
     "make_se",
+    "zero_init_residual_",
 ]

@@ -19,7 +19,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from fastscarlet.nn.blocks import ClassifierHead, MBConv, SeparableConv, StemConv, init_weights
+from fastscarlet.nn.blocks import (
+    ClassifierHead,
+    MBConv,
+    SeparableConv,
+    StemConv,
+    init_weights,
+    zero_init_residual_,
+)
 from fastscarlet.nn.stabilizer import LinearStabilizer, fold_stabilizers
 from fastscarlet.space import (
     Genome,
@@ -142,8 +149,7 @@ def build_network(
         for m in net.modules():
             if isinstance(m, LinearStabilizer):
                 m.reset_to_identity()
-            if isinstance(m, MBConv) and m.residual:
-                nn.init.zeros_(m.bn3.weight)
+        zero_init_residual_(net)
     return fold_stabilizers(net) if identity == "fold" else net
 
 

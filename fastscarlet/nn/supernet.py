@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from fastscarlet.kernels.dispatch import run_blocks
-from fastscarlet.nn.blocks import MBConv, init_weights, make_se
+from fastscarlet.nn.blocks import MBConv, init_weights, make_se, zero_init_residual_
 from fastscarlet.nn.network import (
     IDENTITY_MODES,
     Network,
@@ -199,8 +199,8 @@ class SuperNet(nn.Module):
         for m in self.modules():
             if let_init == "identity" and isinstance(m, LinearStabilizer):
                 m.reset_to_identity()
-            if zero_init_residual and isinstance(m, MBConv) and m.residual:
-                nn.init.zeros_(m.bn3.weight)
+        if zero_init_residual:
+            zero_init_residual_(self)
         if aligned_init:
             for layer in self.layers:
                 layer.align()
