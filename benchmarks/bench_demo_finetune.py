@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--genome", required=True, help="comma-separated choice indices")
     p.add_argument("--data", default="runs/fashion-mnist")
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--steps", type=int, default=650)
+    p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--ls", type=float, default=0.1, help="label smoothing")
     p.add_argument("--augment", type=int, default=1)

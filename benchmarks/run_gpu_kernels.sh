@@ -8,9 +8,9 @@
 #    candidate vs eager and torch.compile, the dispatch table, the whole training step),
 #    3. bench_depthwise.py (the depthwise kernels vs cuDNN), 4. bench_cuda_graphs.py. Each writes
 #    JSON + markdown under OUT; the dispatch's decisions stay in OUT/dispatch. A failing step does
-#    not stop the later ones; the exit status says whether all passed. ~25-30 min on an H100
-#    (first-use Triton compilation included); where a call may last at most 10 minutes, run the
-#    steps one by one (each bench also takes --layers and --merge).
+#    not stop the later ones; the exit status says whether all passed. Not yet run on a GPU (its
+#    time is unmeasured); where a call may last at most 10 minutes, run the steps one by one
+#    (bench_mbconv.py and bench_depthwise.py also take --layers and --merge).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-benchmarks/results/gpu-$(date -u +%Y%m%d)}

@@ -198,7 +198,6 @@ def run(args: argparse.Namespace) -> int:
         study.score(name)
     study.report(variants)
     study.train_standalone(after_each=lambda: study.report(variants))
-    study.report(variants)
     if args.noise_archs:
         study.train_standalone(seed=args.seed + 1, limit=args.noise_archs)
     records = study.report(variants)

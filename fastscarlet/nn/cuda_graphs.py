@@ -501,8 +501,8 @@ class GraphReport:
 
 def default_timer(fn: Callable[[], object]) -> float:
     """Seconds per call: :func:`~fastscarlet.kernels.autotune.time_median` (5 timed runs after 3
-    warm-up runs) of 10 back-to-back calls (one call of a 7x7 segment is ~100 us, close to the synchronisation's own
-    cost, so single calls would mostly time the sync)."""
+    warm-up runs) of 10 back-to-back calls (a late segment's call is short, of the order of the
+    synchronisation's own cost, so single calls would mostly time the sync)."""
 
     def ten() -> None:
         for _ in range(10):
@@ -552,7 +552,9 @@ def graph_late_stages(
     ``training``: graph the training forward and backward (the network is put in train mode), or
     the inference forward (eval mode, to be called under ``torch.no_grad()``). ``policy``:
     ``auto`` times each segment eager and graphed with ``timer`` (default :func:`default_timer`)
-    and keeps the graph only if it wins by ``margin``; ``on`` keeps every segment that captures;
+    and keeps the graph only if it wins by ``margin`` (the graphed time is the replay alone: the
+    check before each replay, :meth:`SegmentGraph.mismatch`, adds microseconds of host time per
+    call that it leaves out, which favours the graph near the margin); ``on`` keeps every segment that captures;
     ``off`` changes nothing. Returns the :class:`GraphReport`; on CPU nothing changes ("not on
     CUDA"). Raises ``ValueError`` if ``net`` is already graphed (restore it first).
     """
