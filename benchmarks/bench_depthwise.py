@@ -427,11 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="CPU + Triton interpreter, tiny shapes")
     ap.add_argument("--batch", type=int, help="default 256 (smoke: 2)")
-    ap.add_argument("--size", type=int, help="network input resolution, default 224 (smoke: 32)")
+    ap.add_argument("--size", type=int, help="network input resolution, default 224 (smoke: 16)")
     ap.add_argument("--layers", help="1-based layer numbers, e.g. 1-7,9 (default: all 19)")
     ap.add_argument("--passes", default="fwd,bwd,block", help="any of fwd,bwd,block")
     ap.add_argument("--max-channels", type=int,
-                    help="cap the depthwise channels (default: none; smoke: 32)")  # fmt: skip
+                    help="cap the depthwise channels (default: none; smoke: 16)")  # fmt: skip
     ap.add_argument("--rep-ms", type=int, default=100, help="do_bench repetition time per timing")
     ap.add_argument(
         "--cudagraph", action="store_true",

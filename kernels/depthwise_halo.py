@@ -322,14 +322,16 @@ class HaloConfig:
 
 
 # Output columns per strip, from the register estimate (D TW + span + k vectors per thread at 4
-# elements each), not yet from timings. As compiled for sm_90 (Triton 3.8 + its ptxas, bf16,
-# batch 256, 2 warps; tests/test_kernel_depthwise_halo.py compiles two of these): forward k = 3
-# (TW 8) 250-255 registers, no spill; k = 5 (TW 4) 249, no spill; k = 7 (TW 4) 255 with 96 B
-# spilled at stride 1 and 264 B at stride 2 -- TW = 2 there is the first thing a GPU should time.
+# elements each), not yet from timings. As compiled for sm_90 on the 19 Scarlet-A depthwise
+# layers (`python tools/aot.py --halo`: Triton 3.8 + its ptxas, bf16, batch 256, the BN + h-swish
+# prologue, 2 warps): forward k = 3 (TW 8) 223-255 registers, no spill; k = 5 (TW 4) 249 and no
+# spill at stride 1, 60 B spilled at stride 2 (layer 3); k = 7 (TW 4) 255 with 96 B spilled at
+# stride 1 and 264 B at stride 2 (layer 1) -- TW = 2 there is the first thing a GPU should time.
 _FWD_TW = {3: 8, 5: 4, 7: 4, 9: 2}
 # Backward: DX and DW in one launch for k <= 5, k >= 7 as two launches of the same kernel.
-# sm_90 as above: k = 3 150-230 registers, no spill; k = 5 (one launch) 255 with 152 B spilled;
-# k = 7 dW pass 220-237, no spill; k = 7 dx pass no spill at stride 2, 432 B at stride 1.
+# sm_90 as above: k = 3 208-230 registers, no spill; k = 5 (one launch) 255 with 152 B spilled at
+# stride 1, 252 and none at stride 2; k = 7 dW pass 220-237, no spill; k = 7 dx pass 432 B spilled
+# at stride 1, none at stride 2.
 _BWD_TW = {3: 4, 5: 4, 7: 4, 9: 2}
 
 

@@ -159,8 +159,8 @@ def test_halo_kernels_compile_for_sm90(C: int, H: int, k: int, s: int) -> None:
     """Every launch of a training forward and backward at batch 256 (bf16, the GPU's launch
     shapes) compiles for sm_90 with Triton's ptxas: the interpreter accepts code the compiler
     rejects (a ``tl.constexpr`` local re-declared in an unrolled loop did). k = 3 keeps its tiles
-    in registers; k = 7 spills 96 B (forward) and 432 B (dx pass), recorded in ``fwd_config``'s
-    notes, not asserted."""
+    in registers; k = 7 spills 96 B (forward) and 432 B (dx pass), recorded beside ``_FWD_TW``
+    for every layer (``python tools/aot.py --halo``), not asserted."""
     pytest.importorskip("triton")
     from aot import compile_launch, unique
 

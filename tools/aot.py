@@ -11,6 +11,7 @@ register pressure of the tile sizes chosen for the GPU.
     python tools/aot.py --quick      # one representative block
     python tools/aot.py --layers 2 --sass _dw_   # + the loops of the depthwise SASS
     python tools/aot.py --dw-fwd     # the two depthwise forward kernels, per output
+    python tools/aot.py --halo       # the halo depthwise kernels: registers and spills per layer
 """
 
 from __future__ import annotations
@@ -374,6 +375,42 @@ def dw_fwd_table(blocks: list[tuple[int, dict]], arch: int = 90) -> list[str]:
     return rows
 
 
+def record_halo(cin: int, expansion: int, kernel: int, stride: int, size: int, **_) -> list:
+    """The launches of the halo depthwise kernels for one layer's depthwise conv (batch 256,
+    bf16): a training forward with the BN1 + h-swish prologue and BN statistics, as the block
+    would run it, and the backward (dx and dW)."""
+    from fastscarlet.kernels.depthwise_halo import dw_halo_bwd, dw_halo_fwd
+
+    meta, N, C, H, k, s = torch.device("meta"), 256, cin * expansion, size, kernel, stride
+    Ho = (H - 1) // s + 1
+    x = torch.empty(N * H * H, C, dtype=torch.bfloat16, device=meta)
+    out = torch.empty(N * Ho * Ho, C, dtype=torch.bfloat16, device=meta)
+    w, stats = torch.empty(C, 1, k, k, device=meta), torch.empty(2, C, device=meta)
+    with record_launches() as launches:
+        dw_halo_fwd(x, w, (N, H, H), s, out=out, pro_vecs=(stats[0], stats[1]),
+                    pro_act="hswish", stats=stats)  # fmt: skip
+        dw_halo_bwd(out, x, w, (N, H, H), s, torch.empty_like(x),
+                    torch.empty(C, k * k, device=meta))  # fmt: skip
+    return launches
+
+
+def halo_table(blocks: list[tuple[int, dict]], arch: int = 90) -> list[str]:
+    """Markdown rows: registers and spills of each layer's halo depthwise launches."""
+    rows = [
+        "| layer | C | H | k | s | kernel | launch | warps | registers | spill B |",
+        "|---|---|---|---|---|---|---|---|---:|---:|",
+    ]
+    for n, kw in blocks:
+        for i, launch in enumerate(record_halo(**kw)):
+            c = compile_launch(launch, arch)
+            rows.append(
+                f"| {n} | {kw['cin'] * kw['expansion']} | {kw['size']} | {kw['kernel']} "
+                f"| {kw['stride']} | {c.name} | {i + 1} | {c.num_warps} | {c.registers} "
+                f"| {c.spill_bytes} |"
+            )
+    return rows
+
+
 _TODO: list[
     Launch
 ] = []  # the launches of this run, for forked workers (JIT functions don't pickle)
@@ -399,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dw-fwd", action="store_true", help="compare the two depthwise forward kernels"
     )
+    parser.add_argument(
+        "--halo", action="store_true", help="registers and spills of the halo depthwise kernels"
+    )
     args = parser.parse_args(argv)
     numbered = list(enumerate(scarlet_a_blocks(), 1))
     if args.layers:
@@ -407,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         numbered = [(0, dict(cin=40, cout=40, expansion=6, kernel=7, stride=1, se=True, size=28))]
     if args.dw_fwd:
         print("\n".join(dw_fwd_table(numbered, args.arch)))
+        return 0
+    if args.halo:
+        print("\n".join(halo_table(numbered, args.arch)))
         return 0
     blocks = [kw for _, kw in numbered]
     launches: list[Launch] = []
