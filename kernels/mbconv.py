@@ -21,7 +21,7 @@ The block is spread over four modules, one concern each:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -214,12 +214,8 @@ def mbconv_block_forward(
     differentiable in both weights) when the block has no residual add; see
     :mod:`fastscarlet.kernels.let`. Under autocast the block runs in the autocast dtype.
     """
-    dt = x.dtype
-    if x.is_cuda and torch.is_autocast_enabled("cuda"):
-        dt = torch.get_autocast_dtype("cuda")
-    x = x.to(dt).contiguous(memory_format=torch.channels_last)
     # The kernels index every parameter densely (``co * E + e``): a strided view (a transposed or
-    # sliced weight, a tied parameter) becomes a differentiable copy here.
+    # sliced weight, a tied parameter) becomes a differentiable copy (see :func:`call_block`).
     w1 = block.expand.weight.contiguous()
     es = block.expand.stride[0]
     if let_weight is not None:
@@ -227,18 +223,39 @@ def mbconv_block_forward(
             raise ValueError("a LET folds into the expand conv only when the block has no residual")
         w1 = torch.einsum("oc,ci->oi", w2d(w1), w2d(let_weight)).contiguous()[:, :, None, None]
         es = es * let_stride
+    return call_block(
+        block, x, se, w1, es, train_fn=MBConvTrainFunction, infer_op=mbconv_infer,
+        infer_impl=mbconv_infer_impl,
+    )  # fmt: skip
+
+
+def call_block(
+    block: nn.Module, x: torch.Tensor, se: nn.Module | None, w1: torch.Tensor,
+    expand_stride: int, *, train_fn: type[torch.autograd.Function], infer_op: Callable,
+    infer_impl: Callable,
+) -> torch.Tensor:  # fmt: skip
+    """``block.forward_with_se(x, se)`` with the expand weight ``w1`` (dense) and stride
+    ``expand_stride`` the caller chose, through ``train_fn`` (an autograd function over a
+    training op pair, whose ``apply`` returns ``(y, stats, ...)``) in training mode, then the BN
+    running statistics moved as ``nn.BatchNorm2d`` moves them, or through the inference op
+    ``infer_op`` (``infer_impl`` eagerly, :func:`.launch.call_op`) in eval mode. The argument
+    setup both MBConv paths share: under CUDA autocast the block runs in the autocast dtype, ``x``
+    becomes channels_last and every parameter dense (:func:`dense`)."""
+    dt = x.dtype
+    if x.is_cuda and torch.is_autocast_enabled("cuda"):
+        dt = torch.get_autocast_dtype("cuda")
+    x = x.to(dt).contiguous(memory_format=torch.channels_last)
     if se is not None:
-        sw = (se.reduce.weight, se.reduce.bias, se.expand.weight, se.expand.bias)
-        sw = tuple(t.contiguous() for t in sw)
+        sw = dense(se.reduce.weight, se.reduce.bias, se.expand.weight, se.expand.bias)
         se_names = (module_act_name(se.act), module_act_name(se.gate))
     else:
         sw = (None, None, None, None)
         se_names = ("none", "none")
     bn1, bn2, bn3 = block.bn1, block.bn2, block.bn3
-    cfg = (block.dw.stride[0], es, block.act_name, *se_names, bool(block.residual))
+    cfg = (block.dw.stride[0], expand_stride, block.act_name, *se_names, bool(block.residual))
     eps = (float(bn1.eps), float(bn2.eps), float(bn3.eps))
     if block.training:
-        out = MBConvTrainFunction.apply(
+        out = train_fn.apply(
             x, w1, *dense(bn1.weight, bn1.bias, block.dw.weight, bn2.weight, bn2.bias,
             block.project.weight, bn3.weight, bn3.bias), *sw, *cfg, *eps,
         )  # fmt: skip
@@ -246,7 +263,7 @@ def mbconv_block_forward(
         update_running_stats((bn1, bn2, bn3), stat_blocks(stats, block.hidden, block.out_channels))
         return y
     return call_op(
-        mbconv_infer, mbconv_infer_impl,
+        infer_op, infer_impl,
         x, w1, *dense(bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var, block.dw.weight,
         bn2.weight, bn2.bias, bn2.running_mean, bn2.running_var, block.project.weight,
         bn3.weight, bn3.bias, bn3.running_mean, bn3.running_var), *sw, *cfg, *eps,
@@ -257,6 +274,7 @@ __all__ = [
     "KERNEL_ACTS",
     "SE_GATES",
     "MBConvTrainFunction",
+    "call_block",
     "dense",
     "input_grads",
     "mbconv_block_forward",

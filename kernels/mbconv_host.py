@@ -168,6 +168,22 @@ def se_gate_fwd(
     return out
 
 
+def expand_infer(
+    x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, bn1: tuple[torch.Tensor, ...],
+    stride: int, expand_stride: int, act: str, eps1: float,
+) -> tuple[BlockGeometry, torch.Tensor]:  # fmt: skip
+    """The first step of an inference call, whatever runs the depthwise conv: its geometry and
+    ``h1 = act(BN1(x W1^T))`` as ``[P1, E]`` rows (one pw launch, BN1-eval + act epilogue;
+    ``bn1 = (gamma, beta, running mean, running var)``)."""
+    g = block_geometry(x, w1, w3, stride, expand_stride)
+    h1 = torch.empty((g.P1, g.hidden), dtype=x.dtype, device=x.device)
+    pw_conv_fwd(
+        rows(x), w2d(w1), h1, geom=(g.N, g.Hs, g.Ws, g.H, g.W), in_stride=expand_stride,
+        epi=EPI_BN_EVAL, epi_vecs=bn1, eps=eps1, epi_act=act,
+    )  # fmt: skip
+    return g, h1
+
+
 def mbconv_infer_impl(
     x: torch.Tensor, w1: torch.Tensor, g1: torch.Tensor, b1: torch.Tensor, m1: torch.Tensor,
     v1: torch.Tensor, wdw: torch.Tensor, g2: torch.Tensor, b2: torch.Tensor, m2: torch.Tensor,
@@ -176,16 +192,10 @@ def mbconv_infer_impl(
     sb2: torch.Tensor | None, stride: int, expand_stride: int, act: str, se_act: str,
     se_gate: str, residual: bool, eps1: float, eps2: float, eps3: float,
 ) -> torch.Tensor:  # fmt: skip
-    g = block_geometry(x, w1, w3, stride, expand_stride)
-    xr = rows(x)
-    h1 = torch.empty((g.P1, g.hidden), dtype=x.dtype, device=x.device)
-    pw_conv_fwd(
-        xr, w2d(w1), h1, geom=(g.N, g.Hs, g.Ws, g.H, g.W), in_stride=expand_stride,
-        epi=EPI_BN_EVAL, epi_vecs=(g1, b1, m1, v1), eps=eps1, epi_act=act,
-    )  # fmt: skip
+    g, h1 = expand_infer(x, w1, w3, (g1, b1, m1, v1), stride, expand_stride, act, eps1)
     y = empty_channels_last(g.N, g.cout, g.Ho, g.Wo, x)
     yr = rows(y)
-    res = xr if residual else None
+    res = rows(x) if residual else None
     has_se = sw1 is not None
     if not has_se and next_pow2(g.cout) <= MAX_FUSED_COUT:
         dw_project_fwd(
@@ -505,6 +515,7 @@ __all__ = [
     "backward_to_dz2",
     "block_geometry",
     "empty_channels_last",
+    "expand_infer",
     "mbconv_infer_impl",
     "mbconv_train_bwd_impl",
     "mbconv_train_fwd_impl",

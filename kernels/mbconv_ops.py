@@ -4,7 +4,9 @@
 ``fastscarlet::mbconv_train_bwd`` wrap the implementations of :mod:`.mbconv_host`. torch.compile
 and export treat them as opaque graph nodes whose output shapes, dtypes and strides come from the
 ``register_fake`` functions here; eager calls skip the dispatcher (:func:`.launch.call_op`).
-:class:`.mbconv.MBConvTrainFunction` puts autograd over the two training ops.
+:class:`.mbconv.MBConvTrainFunction` puts autograd over the two training ops. The partial fusion's
+ops (:mod:`.mbconv_partial`) register the same fakes: :func:`mbconv_infer_fake` as it is, the
+training ones built by :func:`train_fwd_fake` / :func:`train_bwd_fake` with its ``a1``.
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ def mbconv_infer(
 
 
 @mbconv_infer.register_fake
-def _mbconv_infer_fake(
+def mbconv_infer_fake(
     x, w1, g1, b1, m1, v1, wdw, g2, b2, m2, v2, w3, g3, b3, m3, v3, sw1, sb1, sw2, sb2, stride,
     expand_stride, act, se_act, se_gate, residual, eps1, eps2, eps3,
 ):  # fmt: skip
+    """The fake implementation of an inference op (this module's and the partial fusion's, which
+    take the same arguments): ``y`` channels_last."""
     g = block_geometry(x, w1, w3, stride, expand_stride)
     return empty_channels_last(g.N, g.cout, g.Ho, g.Wo, x)
 
@@ -63,22 +67,32 @@ def mbconv_train_fwd(
     )  # fmt: skip
 
 
-@mbconv_train_fwd.register_fake
-def _mbconv_train_fwd_fake(
-    x, w1, g1, b1, wdw, g2, b2, w3, g3, b3, sw1, sb1, sw2, sb2, stride, expand_stride, act,
-    se_act, se_gate, residual, eps1, eps2, eps3,
-):  # fmt: skip
-    g = block_geometry(x, w1, w3, stride, expand_stride)
-    E = g.hidden
-    f32 = dict(dtype=torch.float32, device=x.device)
-    se = x.new_empty((2, g.N, E), dtype=torch.float32) if sw1 is not None else x.new_empty(0, **f32)
-    return (
-        empty_channels_last(g.N, g.cout, g.Ho, g.Wo, x),
-        x.new_empty((g.P2, E)),
-        x.new_empty((g.P2, g.cout)),
-        x.new_empty(STAT_ROWS * (2 * E + g.cout), **f32),
-        se,
-    )
+def train_fwd_fake(*, keep_a1: bool):
+    """The fake implementation of a training forward op: ``(y, z2, z3, stats, se_buf)``, with
+    ``keep_a1`` (the partial fusion's op) ``(y, a1, z2, z3, stats, se_buf)``."""
+
+    def fake(
+        x, w1, g1, b1, wdw, g2, b2, w3, g3, b3, sw1, sb1, sw2, sb2, stride, expand_stride, act,
+        se_act, se_gate, residual, eps1, eps2, eps3,
+    ):  # fmt: skip
+        g = block_geometry(x, w1, w3, stride, expand_stride)
+        E = g.hidden
+        f32 = dict(dtype=torch.float32, device=x.device)
+        se = x.new_empty((2, g.N, E), **f32) if sw1 is not None else x.new_empty(0, **f32)
+        a1 = (x.new_empty((g.P1, E)),) if keep_a1 else ()
+        return (
+            empty_channels_last(g.N, g.cout, g.Ho, g.Wo, x),
+            *a1,
+            x.new_empty((g.P2, E)),
+            x.new_empty((g.P2, g.cout)),
+            x.new_empty(STAT_ROWS * (2 * E + g.cout), **f32),
+            se,
+        )
+
+    return fake
+
+
+mbconv_train_fwd.register_fake(train_fwd_fake(keep_a1=False))
 
 
 @torch.library.custom_op("fastscarlet::mbconv_train_bwd", mutates_args=())
@@ -97,24 +111,41 @@ def mbconv_train_bwd(
     )  # fmt: skip
 
 
-@mbconv_train_bwd.register_fake
-def _mbconv_train_bwd_fake(
-    dy, x, z2, z3, stats, se_buf, w1, g1, wdw, g2, w3, g3, sw1, sb1, sw2, sb2, stride,
-    expand_stride, act, se_act, se_gate, residual, need_dx,
-):  # fmt: skip
-    E, cin, cout, k = w1.shape[0], w1.shape[1], w3.shape[0], wdw.shape[-1]
-    f32 = dict(dtype=torch.float32, device=x.device)
-    dx = torch.empty_like(x, memory_format=torch.channels_last) if need_dx else x.new_empty(0)
-    if sw1 is not None:
-        se = (x.new_empty(tuple(sw1.shape), **f32), x.new_empty(tuple(sb1.shape), **f32),
-              x.new_empty(tuple(sw2.shape), **f32), x.new_empty(tuple(sb2.shape), **f32))  # fmt: skip
-    else:
-        se = tuple(x.new_empty(0, **f32) for _ in range(4))
-    return (
-        dx, x.new_empty((E, cin), **f32), x.new_empty(E, **f32), x.new_empty(E, **f32),
-        x.new_empty((E, k * k), **f32), x.new_empty(E, **f32), x.new_empty(E, **f32),
-        x.new_empty((cout, E), **f32), x.new_empty(cout, **f32), x.new_empty(cout, **f32), *se,
-    )  # fmt: skip
+def train_bwd_fake(*, takes_a1: bool, dwdw_dtype: torch.dtype | None):
+    """The fake implementation of a training backward op: the 14 gradients, ``dWdw`` in
+    ``dwdw_dtype`` (None: ``x``'s dtype), the rest fp32 but ``dx``. ``takes_a1``: the op takes
+    the depthwise input ``a1`` after ``x`` (the partial fusion's); its other inputs line up."""
+
+    def fake(dy, x, *inputs):
+        (_z2, _z3, _stats, _se_buf, w1, _g1, wdw, _g2, w3, _g3, sw1, sb1, sw2, sb2, _stride,
+         _expand_stride, _act, _se_act, _se_gate, _residual, need_dx) = (
+            inputs[1:] if takes_a1 else inputs
+        )  # fmt: skip
+        E, cin, cout, k = w1.shape[0], w1.shape[1], w3.shape[0], wdw.shape[-1]
+        f32 = dict(dtype=torch.float32, device=x.device)
+        dx = torch.empty_like(x, memory_format=torch.channels_last) if need_dx else x.new_empty(0)
+        if sw1 is not None:
+            se = tuple(x.new_empty(tuple(t.shape), **f32) for t in (sw1, sb1, sw2, sb2))
+        else:
+            se = tuple(x.new_empty(0, **f32) for _ in range(4))
+        return (
+            dx, x.new_empty((E, cin), **f32), x.new_empty(E, **f32), x.new_empty(E, **f32),
+            x.new_empty((E, k * k), dtype=dwdw_dtype), x.new_empty(E, **f32),
+            x.new_empty(E, **f32), x.new_empty((cout, E), **f32), x.new_empty(cout, **f32),
+            x.new_empty(cout, **f32), *se,
+        )  # fmt: skip
+
+    return fake
 
 
-__all__ = ["mbconv_infer", "mbconv_train_bwd", "mbconv_train_fwd"]
+mbconv_train_bwd.register_fake(train_bwd_fake(takes_a1=False, dwdw_dtype=torch.float32))
+
+
+__all__ = [
+    "mbconv_infer",
+    "mbconv_infer_fake",
+    "mbconv_train_bwd",
+    "mbconv_train_fwd",
+    "train_bwd_fake",
+    "train_fwd_fake",
+]

@@ -38,8 +38,9 @@ the expand stride), hidden ``E``, output ``[N, Cout, Ho, Wo]`` (``[P2, Cout]`` r
 **a1 is kept from the forward, not recomputed.** The depthwise backward needs its input ``a1``.
 The whole-block path rebuilds it per tile inside its own depthwise kernel; a cuDNN call cannot,
 so rebuilding would be a second expand GEMM in the backward: one more read of ``x`` and one more
-write of ``a1`` (``|a1| (1 + Cin/E)`` bytes, ~0.2 ms for layer 1 of Scarlet-A at batch 256 on an
-H100's 3.35 TB/s), plus a launch. Keeping it costs ``|a1|`` of memory per block until the
+write of ``a1`` (``|a1| (1 + Cin/E)`` bytes; for layer 1 of Scarlet-A, ``Cin`` 16, ``E`` 48 at
+112x112, batch 256, bf16: ``|a1|`` = 256 * 112^2 * 48 * 2 B = 308 MB, times 4/3 = 411 MB, ~0.12 ms
+at an H100's 3.35 TB/s), plus a launch. Keeping it costs ``|a1|`` of memory per block until the
 backward, which eager PyTorch also holds (it saves the depthwise input, and BN1's and the
 activation's inputs besides), so the partial path still keeps less than eager. ``z1``, which BN1's
 backward needs and ``a1`` cannot give back (``act`` is not invertible), is rebuilt from ``x`` in
@@ -58,32 +59,30 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .activations import module_act_name
 from .batchnorm import (
     MEAN,
     RSTD,
     SCALE,
     SHIFT,
-    STAT_ROWS,
     affine_act,
     bn_eval_fold,
     channel_sums,
-    update_running_stats,
 )
+from .depthwise import dw_out_size
 from .launch import call_op
-from .mbconv import dense, input_grads, unsupported_reason
+from .mbconv import call_block, input_grads, unsupported_reason
 from .mbconv_host import (
     BlockGeometry,
     backward_from_du1,
     backward_to_dz2,
-    block_geometry,
     empty_channels_last,
+    expand_infer,
     rows,
     se_gate_fwd,
-    stat_blocks,
     train_forward,
     w2d,
 )
+from .mbconv_ops import mbconv_infer_fake, train_bwd_fake, train_fwd_fake
 from .pointwise import (
     EPI_ACT_BWD,
     EPI_BN_EVAL,
@@ -134,7 +133,7 @@ def dw_backward(
     ``aten.convolution_backward``: ``(da [N*H*W, E] rows, dW [E, k*k])`` in ``a``'s dtype."""
     N, H, W = geom
     E, k = a.shape[1], wdw.shape[-1]
-    Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
+    Ho, Wo = dw_out_size(H, stride), dw_out_size(W, stride)
     with _no_autocast(a):
         da, dw, _ = torch.ops.aten.convolution_backward(
             _image(dz, N, Ho, Wo), _image(a, N, H, W), wdw.to(a.dtype), None, [stride, stride],
@@ -154,13 +153,7 @@ def partial_infer_impl(
     stride: int, expand_stride: int, act: str, se_act: str, se_gate: str, residual: bool,
     eps1: float, eps2: float, eps3: float,
 ) -> _T:  # fmt: skip
-    g = block_geometry(x, w1, w3, stride, expand_stride)
-    xr = rows(x)
-    h1 = torch.empty((g.P1, g.hidden), dtype=x.dtype, device=x.device)
-    pw_conv_fwd(
-        xr, w2d(w1), h1, geom=(g.N, g.Hs, g.Ws, g.H, g.W), in_stride=expand_stride,
-        epi=EPI_BN_EVAL, epi_vecs=(g1, b1, m1, v1), eps=eps1, epi_act=act,
-    )  # fmt: skip
+    g, h1 = expand_infer(x, w1, w3, (g1, b1, m1, v1), stride, expand_stride, act, eps1)
     z2 = dw_forward(h1, wdw, (g.N, g.Hs, g.Ws), stride)
     del h1
     bn2 = bn_eval_fold(g2, b2, m2, v2, eps2, torch.empty((2, g.hidden), dtype=torch.float32,
@@ -175,7 +168,7 @@ def partial_infer_impl(
     pw_conv_fwd(
         z2, w2d(w3), rows(y), geom=(g.N, g.Ho, g.Wo, g.Ho, g.Wo), pro=PRO_AFFINE,
         pro_vecs=(bn2[0], bn2[1]), pro_act=act, gate=gate, epi=EPI_BN_EVAL,
-        epi_vecs=(g3, b3, m3, v3), eps=eps3, residual=xr if residual else None,
+        epi_vecs=(g3, b3, m3, v3), eps=eps3, residual=rows(x) if residual else None,
     )  # fmt: skip
     return y
 
@@ -242,11 +235,7 @@ def mbconv_partial_infer(
     )  # fmt: skip
 
 
-@mbconv_partial_infer.register_fake
-def _partial_infer_fake(x, w1, *args):
-    stride, expand_stride = args[18], args[19]
-    g = block_geometry(x, w1, args[9], stride, expand_stride)
-    return empty_channels_last(g.N, g.cout, g.Ho, g.Wo, x)
+mbconv_partial_infer.register_fake(mbconv_infer_fake)  # the same arguments
 
 
 @torch.library.custom_op("fastscarlet::mbconv_partial_train_fwd", mutates_args=())
@@ -265,21 +254,7 @@ def mbconv_partial_train_fwd(
     )  # fmt: skip
 
 
-@mbconv_partial_train_fwd.register_fake
-def _partial_train_fwd_fake(x, w1, g1, b1, wdw, g2, b2, w3, g3, b3, sw1, *args):
-    stride, expand_stride = args[3], args[4]
-    g = block_geometry(x, w1, w3, stride, expand_stride)
-    E = g.hidden
-    f32 = dict(dtype=torch.float32, device=x.device)
-    se = x.new_empty((2, g.N, E), **f32) if sw1 is not None else x.new_empty(0, **f32)
-    return (
-        empty_channels_last(g.N, g.cout, g.Ho, g.Wo, x),
-        x.new_empty((g.P1, E)),
-        x.new_empty((g.P2, E)),
-        x.new_empty((g.P2, g.cout)),
-        x.new_empty(STAT_ROWS * (2 * E + g.cout), **f32),
-        se,
-    )
+mbconv_partial_train_fwd.register_fake(train_fwd_fake(keep_a1=True))
 
 
 @torch.library.custom_op("fastscarlet::mbconv_partial_train_bwd", mutates_args=())
@@ -298,22 +273,8 @@ def mbconv_partial_train_bwd(
     )  # fmt: skip
 
 
-@mbconv_partial_train_bwd.register_fake
-def _partial_train_bwd_fake(dy, x, a1, z2, z3, stats, se_buf, w1, g1, wdw, g2, w3, g3, sw1,
-                            sb1, sw2, sb2, *args):  # fmt: skip
-    need_dx = args[-1]
-    E, cin, cout, k = w1.shape[0], w1.shape[1], w3.shape[0], wdw.shape[-1]
-    f32 = dict(dtype=torch.float32, device=x.device)
-    dx = torch.empty_like(x, memory_format=CL) if need_dx else x.new_empty(0)
-    if sw1 is not None:
-        se = tuple(x.new_empty(tuple(t.shape), **f32) for t in (sw1, sb1, sw2, sb2))
-    else:
-        se = tuple(x.new_empty(0, **f32) for _ in range(4))
-    return (
-        dx, x.new_empty((E, cin), **f32), x.new_empty(E, **f32), x.new_empty(E, **f32),
-        x.new_empty((E, k * k)), x.new_empty(E, **f32), x.new_empty(E, **f32),
-        x.new_empty((cout, E), **f32), x.new_empty(cout, **f32), x.new_empty(cout, **f32), *se,
-    )  # fmt: skip
+# dWdw from PyTorch's conv, in x's dtype
+mbconv_partial_train_bwd.register_fake(train_bwd_fake(takes_a1=True, dwdw_dtype=None))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,33 +341,10 @@ def mbconv_partial_forward(
     :func:`.mbconv.mbconv_block_forward`: under CUDA autocast the block runs in the autocast
     dtype, the output is channels_last, and in training mode the BN running statistics move as
     ``nn.BatchNorm2d`` moves them."""
-    dt = x.dtype
-    if x.is_cuda and torch.is_autocast_enabled("cuda"):
-        dt = torch.get_autocast_dtype("cuda")
-    x = x.to(dt).contiguous(memory_format=CL)
-    if se is not None:
-        sw = dense(se.reduce.weight, se.reduce.bias, se.expand.weight, se.expand.bias)
-        se_names = (module_act_name(se.act), module_act_name(se.gate))
-    else:
-        sw = (None, None, None, None)
-        se_names = ("none", "none")
-    bn1, bn2, bn3 = block.bn1, block.bn2, block.bn3
-    cfg = (block.dw.stride[0], block.expand.stride[0], block.act_name, *se_names,
-           bool(block.residual))  # fmt: skip
-    eps = (float(bn1.eps), float(bn2.eps), float(bn3.eps))
-    if block.training:
-        out = MBConvPartialTrainFunction.apply(
-            x, *dense(block.expand.weight, bn1.weight, bn1.bias, block.dw.weight, bn2.weight,
-            bn2.bias, block.project.weight, bn3.weight, bn3.bias), *sw, *cfg, *eps,
-        )  # fmt: skip
-        update_running_stats((bn1, bn2, bn3), stat_blocks(out[1], block.hidden, block.out_channels))
-        return out[0]
-    return call_op(
-        mbconv_partial_infer, partial_infer_impl,
-        x, *dense(block.expand.weight, bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var,
-        block.dw.weight, bn2.weight, bn2.bias, bn2.running_mean, bn2.running_var,
-        block.project.weight, bn3.weight, bn3.bias, bn3.running_mean, bn3.running_var), *sw,
-        *cfg, *eps,
+    return call_block(
+        block, x, se, block.expand.weight.contiguous(), block.expand.stride[0],
+        train_fn=MBConvPartialTrainFunction, infer_op=mbconv_partial_infer,
+        infer_impl=partial_infer_impl,
     )  # fmt: skip
 
 

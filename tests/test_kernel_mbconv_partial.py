@@ -292,7 +292,7 @@ def test_partial_launches_compile_for_sm90_without_spills() -> None:
 # ---------------------------------------------------------------------------------------------
 
 GPU_CASES = [
-    Case(16, 32, 6, 7, 2, "hswish", False, 112, N=16),  # layer 1
+    Case(16, 32, 6, 7, 2, "hswish", False, 112, N=16),  # layer 1's shape, E6 (Scarlet-A has E3)
     Case(32, 32, 3, 5, 1, "hswish", True, 56, N=16),
     Case(40, 40, 3, 7, 1, "hswish", True, 28, N=16),  # layer 4: 120 channels
     Case(96, 192, 6, 5, 2, "hswish", False, 14, N=16),
