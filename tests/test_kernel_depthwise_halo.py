@@ -162,20 +162,9 @@ def test_halo_kernels_compile_for_sm90(C: int, H: int, k: int, s: int) -> None:
     in registers; k = 7 spills 96 B (forward) and 432 B (dx pass), recorded beside ``_FWD_TW``
     for every layer (``python tools/aot.py --halo``), not asserted."""
     pytest.importorskip("triton")
-    from aot import compile_launch, unique
+    from aot import compile_launch, record_halo, unique
 
-    from fastscarlet.kernels.depthwise_halo import dw_halo_bwd, dw_halo_fwd
-    from fastscarlet.kernels.launch import record_launches
-
-    meta, N, Ho = torch.device("meta"), 256, (H - 1) // s + 1
-    x = torch.empty(N * H * H, C, dtype=torch.bfloat16, device=meta)
-    out = torch.empty(N * Ho * Ho, C, dtype=torch.bfloat16, device=meta)
-    w, stats = torch.empty(C, 1, k, k, device=meta), torch.empty(2, C, device=meta)
-    with record_launches() as launches:
-        dw_halo_fwd(x, w, (N, H, H), s, out=out, pro_vecs=(stats[0], stats[1]),
-                    pro_act="hswish", stats=stats)  # fmt: skip
-        dw_halo_bwd(out, x, w, (N, H, H), s, torch.empty_like(x),
-                    torch.empty(C, k * k, device=meta))  # fmt: skip
+    launches = record_halo(cin=C, expansion=1, kernel=k, stride=s, size=H)
     compiled = [compile_launch(launch) for launch in unique(launches)]
     assert {c.name for c in compiled} == {"_dw_halo_fwd_kernel", "_dw_halo_bwd_kernel"}
     assert len(compiled) == (3 if k >= 7 else 2)  # k >= 7: dx and dW as two launches
